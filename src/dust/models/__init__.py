@@ -1,0 +1,32 @@
+"""DuST models: the 1-D time-series Swin, the Video Swin, the fused model, presets and weight loading."""
+
+from .convert import (
+    from_reference,
+    inflate_swin_2d,
+    load_imagenet_2d,
+    load_kinetics400,
+    reference_video_to_torchvision,
+)
+from .fusion import DuST
+from .presets import get_preset, list_presets
+from .ts_swin import TimeSeriesSwin
+from .video_swin import VideoSwin
+from .weights import LoadReport, WeightsError, count_parameters, load_weights, read_state_dict
+
+__all__ = [
+    "DuST",
+    "LoadReport",
+    "TimeSeriesSwin",
+    "VideoSwin",
+    "WeightsError",
+    "count_parameters",
+    "from_reference",
+    "get_preset",
+    "inflate_swin_2d",
+    "list_presets",
+    "load_imagenet_2d",
+    "load_kinetics400",
+    "load_weights",
+    "read_state_dict",
+    "reference_video_to_torchvision",
+]

@@ -1,0 +1,416 @@
+"""1-D Swin Transformer for time series: the kinematics branch of DuST.
+
+Shi, Chen, Liu & Guo, "DuST: Dual Swin Transformer for Multi-modal Video and
+Time-Series Modeling", CVPR 2024 Workshops. The layout follows the Swin
+Transformer (Liu et al., ICCV 2021) in one dimension, with residual post-norm
+blocks as in Swin V2 whose norms start at zero, so every block starts as the
+identity.
+
+Tensors inside the network are ``(B, L, D)``: batch, tokens, channels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+__all__ = [
+    "MaskMode",
+    "PatchEmbed1d",
+    "PatchMerging1d",
+    "ShiftedWindowAttention1d",
+    "SwinBlock1d",
+    "SwinStage1d",
+    "TimeSeriesSwin",
+    "shift_window_mask_1d",
+]
+
+MaskMode = Literal["correct", "reference"]
+"""How padding and wrapped tokens are masked in window attention.
+
+``"correct"`` (default): padding is never attended to and tokens wrapped around
+by the shift never mix with their new neighbours. ``"reference"``: the published
+model's segment rule, needed to reproduce its checkpoints exactly.
+"""
+
+_REFERENCE_MASK_VALUE = -100.0
+
+
+# --- tensor helpers -------------------------------------------------------------
+
+
+def pad_right(x: Tensor, multiple: int) -> Tensor:
+    """Right-pad ``(B, L, D)`` with zero tokens so that L is a multiple of ``multiple``."""
+    pad = -x.shape[1] % multiple
+    return F.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+def relative_position_index_1d(window: int) -> Tensor:
+    """``(w, w)`` index into a ``(2w - 1)``-row bias table: ``i - j + w - 1``."""
+    coords = torch.arange(window)
+    return coords[:, None] - coords[None, :] + window - 1
+
+
+def _reference_shift_labels(length: int, window: int, shift: int) -> Tensor:
+    """Segment label of each position of the rolled, padded sequence, as the reference does it.
+
+    Returns ``(Lp,)`` integer labels. The rule (including its use of ``2w`` where the
+    padded length belongs) is documented in DESIGN.md; it is kept only to reproduce
+    reference checkpoints.
+    """
+    padded = math.ceil(length / window) * window
+    pad = padded - length
+    if pad == 0 or pad + shift == window:
+        cuts = [slice(None, -window), slice(-window, -shift), slice(-shift, None)]
+    else:
+        k = 2 * window - length + shift
+        if pad + shift > window:
+            cuts = [slice(None, -k), slice(-k, -window), slice(-window, -shift), slice(-shift, None)]
+        else:
+            cuts = [slice(None, -window), slice(-window, -k), slice(-k, -shift), slice(-shift, None)]
+    labels = torch.zeros(padded, dtype=torch.long)
+    for label, cut in enumerate(cuts):
+        labels[cut] = label
+    return labels
+
+
+def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode) -> Tensor | None:
+    """Additive attention mask for each window of a (possibly shifted) padded sequence.
+
+    Args:
+        length: tokens before padding (L).
+        window: window size (w).
+        shift: left roll applied before partitioning (s), 0 for unshifted blocks.
+        mode: ``"correct"`` or ``"reference"`` (see :data:`MaskMode`).
+
+    Returns:
+        ``(Lp / w, w, w)`` float mask to add to the attention scores (query, key),
+        or ``None`` when nothing needs masking.
+    """
+    padded = math.ceil(length / window) * window
+    num_windows = padded // window
+    if mode == "reference":
+        if shift == 0:
+            return None
+        labels = _reference_shift_labels(length, window, shift).view(num_windows, window)
+        differ = labels[:, :, None] != labels[:, None, :]
+        return differ.float() * _REFERENCE_MASK_VALUE
+    if mode != "correct":
+        raise ValueError(f"mask mode must be 'correct' or 'reference', got {mode!r}")
+    if shift == 0 and padded == length:
+        return None
+    original = (torch.arange(padded) + shift) % padded  # rolled position -> original position
+    valid = (original < length).view(num_windows, window)
+    wrapped = (original < shift).view(num_windows, window)
+    allowed = valid[:, None, :] & (wrapped[:, :, None] == wrapped[:, None, :])
+    allowed |= torch.eye(window, dtype=torch.bool)  # padding queries keep one finite score
+    mask = torch.zeros(allowed.shape)
+    return mask.masked_fill_(~allowed, float("-inf"))
+
+
+# --- modules --------------------------------------------------------------------
+
+
+class PatchEmbed1d(nn.Module):
+    """Split a series into patches and embed them: ``(B, C, L) -> (B, ceil(L / p), D)``."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv1d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = -x.shape[-1] % self.patch_size
+        if pad:
+            x = F.pad(x, (0, pad))
+        x = self.proj(x).transpose(1, 2)  # (B, L', D)
+        return self.norm(x)
+
+
+class PatchMerging1d(nn.Module):
+    """Halve the tokens and double the width: ``(B, L, D) -> (B, ceil(L / 2), 2D)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * dim)
+        self.reduction = nn.Linear(2 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_right(x, 2)
+        x = torch.cat([x[:, 0::2], x[:, 1::2]], dim=-1)  # (B, L/2, 2D)
+        return self.reduction(self.norm(x))
+
+
+class ShiftedWindowAttention1d(nn.Module):
+    """Multi-head self-attention in (shifted) windows with a learned relative position bias.
+
+    The sequence is right-padded to a multiple of the window, rolled left by the
+    shift, attended window by window through ``scaled_dot_product_attention``
+    (bias and mask folded into its float mask), rolled back and cropped.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        shift_size: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attention_dropout: float = 0.0,
+        dropout: float = 0.0,
+        mask_mode: MaskMode = "correct",
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift {shift_size} must lie in [0, window {window_size})")
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.mask_mode = mask_mode
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(2 * window_size - 1, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index_1d(window_size), persistent=False)
+        self._masks: dict[tuple[int, torch.device], Tensor | None] = {}
+
+    def _window_mask(self, length: int, device: torch.device) -> Tensor | None:
+        key = (length, device)
+        if key not in self._masks:
+            mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode)
+            self._masks[key] = None if mask is None else mask.to(device)
+        return self._masks[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        w, s, heads = self.window_size, self.shift_size, self.num_heads
+        x = pad_right(x, w)
+        if s:
+            x = torch.roll(x, -s, dims=1)
+        num_windows = x.shape[1] // w
+        qkv = self.qkv(x).view(batch, num_windows, w, 3, heads, dim // heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, H, w, hd)
+
+        bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
+        attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
+        window_mask = self._window_mask(length, x.device)
+        if window_mask is not None:
+            attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p)
+        out = out.transpose(2, 3).reshape(batch, num_windows * w, dim)  # (B, Lp, D)
+        out = self.proj_drop(self.proj(out))
+        if s:
+            out = torch.roll(out, s, dims=1)
+        return out[:, :length]
+
+
+class SwinBlock1d(nn.Module):
+    """Residual post-norm Swin block: ``x + drop_path(norm(f(x)))`` for attention, then MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        mask_mode: MaskMode = "correct",
+    ) -> None:
+        super().__init__()
+        self.attn = ShiftedWindowAttention1d(
+            dim, window_size, shift_size, num_heads, qkv_bias, attention_dropout, dropout, mask_mode
+        )
+        self.norm1 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("drop1", nn.Dropout(dropout))
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+        self.mlp.add_module("drop2", nn.Dropout(dropout))
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop_path = StochasticDepth(drop_path, "row")
+        for norm in (self.norm1, self.norm2):  # every block starts as the identity
+            nn.init.zeros_(norm.weight)
+            nn.init.zeros_(norm.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.norm1(self.attn(x)))
+        return x + self.drop_path(self.norm2(self.mlp(x)))
+
+
+class SwinStage1d(nn.Module):
+    """A stage of Swin blocks (even ones unshifted, odd ones shifted), then optional patch merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        resolution: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        dropout: float,
+        attention_dropout: float,
+        drop_paths: Sequence[float],
+        downsample: bool,
+        mask_mode: MaskMode,
+    ) -> None:
+        super().__init__()
+        if resolution <= window_size:  # one window covers the stage: nothing to shift
+            window_size, shift = resolution, 0
+        else:
+            shift = window_size // 2
+        self.window_size = window_size
+        self.blocks = nn.ModuleList(
+            SwinBlock1d(
+                dim,
+                num_heads,
+                window_size,
+                shift if j % 2 else 0,
+                mlp_ratio,
+                qkv_bias,
+                dropout,
+                attention_dropout,
+                drop_paths[j],
+                mask_mode,
+            )
+            for j in range(depth)
+        )
+        self.downsample = PatchMerging1d(dim) if downsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class TimeSeriesSwin(nn.Module):
+    """1-D Swin Transformer classifier over ``(B, C, L)`` series.
+
+    Args:
+        seq_len: series length the model is built for; it fixes each stage's window
+            (a window larger than a stage's token count is clamped to it). Other
+            lengths are accepted at run time.
+        in_chans: channels C.
+        num_classes: output classes; 0 gives a model without head (features only).
+        embed_dim: width D of the first stage; stage i is ``D * 2**i`` wide.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: attention window in tokens.
+        patch_size: time steps per token.
+        mlp_ratio: MLP hidden width over block width.
+        qkv_bias: bias on the query/key/value projection.
+        drop_rate: dropout after attention projection and in the MLP.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        mask_mode: ``"correct"`` (default) or ``"reference"`` (see :data:`MaskMode`).
+    """
+
+    def __init__(
+        self,
+        seq_len: int,
+        in_chans: int = 3,
+        num_classes: int = 4,
+        embed_dim: int = 128,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (16, 16, 16, 16),
+        window_size: int = 8,
+        patch_size: int = 1,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        mask_mode: MaskMode = "correct",
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+        for name, value in (("seq_len", seq_len), ("in_chans", in_chans), ("embed_dim", embed_dim),
+                            ("window_size", window_size), ("patch_size", patch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if mask_mode not in ("correct", "reference"):
+            raise ValueError(f"mask_mode must be 'correct' or 'reference', got {mask_mode!r}")
+        self.config = dict(
+            seq_len=seq_len, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
+            depths=list(depths), num_heads=list(num_heads), window_size=window_size,
+            patch_size=patch_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, mask_mode=mask_mode,
+        )
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.patch_embed = PatchEmbed1d(in_chans, embed_dim, patch_size)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        resolution = math.ceil(seq_len / patch_size)
+        stages = []
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            first = sum(depths[:i])
+            stages.append(
+                SwinStage1d(
+                    embed_dim * 2**i, resolution, depth, heads, window_size, mlp_ratio, qkv_bias,
+                    drop_rate, attn_drop_rate, rates[first:first + depth],
+                    downsample=i < len(depths) - 1, mask_mode=mask_mode,
+                )
+            )
+            resolution = math.ceil(resolution / 2)
+        self.layers = nn.ModuleList(stages)
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_linear)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TimeSeriesSwin":
+        """Build from a named preset (see ``dust presets``); keyword arguments override it."""
+        from .presets import get_preset
+
+        return cls(**{**get_preset("ts", name), **overrides})
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C, L)`` series -> ``(B, num_features)`` pooled features."""
+        if x.ndim != 3 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected a (batch, {self.in_chans}, length) series, got shape {tuple(x.shape)}")
+        x = self.pos_drop(self.patch_embed(x))
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x).mean(dim=1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """``(B, num_features)`` -> ``(B, num_classes)`` logits."""
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, L)`` series -> ``(B, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be weight-decayed (bias tables, norms, biases)."""
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or "relative_position_bias_table" in n}
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
