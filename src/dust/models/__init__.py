@@ -5,6 +5,7 @@ from .convert import (
     inflate_swin_2d,
     load_imagenet_2d,
     load_kinetics400,
+    load_ts_backbone,
     reference_video_to_torchvision,
 )
 from .fusion import DuST
@@ -26,6 +27,7 @@ __all__ = [
     "list_presets",
     "load_imagenet_2d",
     "load_kinetics400",
+    "load_ts_backbone",
     "load_weights",
     "read_state_dict",
     "reference_video_to_torchvision",

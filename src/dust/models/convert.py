@@ -26,6 +26,7 @@ __all__ = [
     "inflate_swin_2d",
     "load_imagenet_2d",
     "load_kinetics400",
+    "load_ts_backbone",
     "reference_video_to_torchvision",
     "swin_2d_to_torchvision_3d_names",
 ]
@@ -166,3 +167,16 @@ def load_imagenet_2d(model: VideoSwin, weights: str | Path | Mapping[str, Tensor
     head = [k for k in state if k.startswith("head.")]
     inflated = inflate_swin_2d(state, model)
     return load_weights(model, inflated, source=source, allow_missing=("head.",), dropped=head)
+
+
+def load_ts_backbone(model: DuST, weights: str | Path | Mapping[str, Tensor]) -> LoadReport:
+    """Initialise the fused model's backbone from a stage-2 :class:`TimeSeriesSwin` state dict.
+
+    The stage-2 head is dropped; every other tensor must match the backbone exactly
+    (same preset and sizes), else :class:`WeightsError` names what differs.
+    """
+    source = str(weights) if isinstance(weights, (str, Path)) else "stage-2 time-series weights"
+    state = read_state_dict(weights) if isinstance(weights, (str, Path)) else to_tensors(unwrap_state_dict(weights))
+    head = [k for k in state if k.startswith("head.")]
+    backbone = {k: v for k, v in state.items() if k not in head}
+    return load_weights(model.backbone, backbone, source=source, dropped=head)

@@ -1,0 +1,112 @@
+"""DuST checkpoints: a model's weights together with everything needed to rebuild it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import __version__
+from .models import DuST, TimeSeriesSwin, VideoSwin
+from .models.weights import WeightsError, load_weights, to_tensors
+
+__all__ = ["Checkpoint", "ModelKind", "build_model", "load_checkpoint", "save_checkpoint"]
+
+ModelKind = Literal["video", "ts", "fusion"]
+FORMAT = "dust-checkpoint"
+FORMAT_VERSION = 1
+_CLASSES = {"video": VideoSwin, "ts": TimeSeriesSwin, "fusion": DuST}
+
+
+@dataclass
+class Checkpoint:
+    """A saved model: its kind, constructor config, preset name, weights and free-form metadata."""
+
+    kind: ModelKind
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    preset: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    dust_version: str = __version__
+
+    def build(self) -> nn.Module:
+        """The model with its weights loaded, in eval mode."""
+        model = build_model(self.kind, self.config)
+        load_weights(model, self.state_dict, source=self.meta.get("path", f"{self.kind} checkpoint"))
+        return model.eval()
+
+
+def build_model(kind: ModelKind, config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised model of ``kind`` from its constructor config."""
+    if kind not in _CLASSES:
+        raise WeightsError(f"unknown model kind {kind!r}; expected one of {', '.join(_CLASSES)}")
+    config = dict(config)
+    if kind == "fusion":
+        return DuST(config.pop("video_feature_dim"), **config)
+    return _CLASSES[kind](**config)
+
+
+def _kind_of(model: nn.Module) -> ModelKind:
+    for kind, cls in _CLASSES.items():
+        if isinstance(model, cls):
+            return kind  # type: ignore[return-value]
+    raise TypeError(f"not a DuST model: {type(model).__name__}")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, preset: str | None = None, **meta: Any) -> Path:
+    """Write ``model`` with its config to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dust_version": __version__,
+        "kind": _kind_of(model),
+        "config": dict(model.config),
+        "preset": preset,
+        "meta": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (safely: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(f"{path}: cannot read checkpoint ({problem})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a DuST checkpoint (a plain state dict? convert it with `dust convert-reference`)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: checkpoint format {raw.get('format_version')} written by dust {raw.get('dust_version')}; "
+            f"this dust {__version__} reads format {FORMAT_VERSION}"
+        )
+    if expect is not None and raw["kind"] != expect:
+        raise WeightsError(f"{path}: holds a {raw['kind']} model, expected a {expect} model")
+    return Checkpoint(
+        kind=raw["kind"],
+        config=raw["config"],
+        state_dict=to_tensors(raw["state_dict"]),
+        preset=raw.get("preset"),
+        meta={**raw.get("meta", {}), "path": str(path)},
+        dust_version=raw.get("dust_version", "?"),
+    )

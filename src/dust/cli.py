@@ -1,0 +1,115 @@
+"""The ``dust`` command line: a thin layer over the package's functions.
+
+Every subcommand registers its flags with :func:`add_flag` (so ``--batch_size`` and
+``--batch-size`` both work) and may read defaults from ``--config FILE.yaml``;
+explicit flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from . import __version__
+from .errors import InputError
+from .models.weights import WeightsError
+
+__all__ = ["add_flag", "main", "register"]
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+_COMMANDS: list[Command] = []
+
+
+def register(name: str, help: str) -> Callable:
+    """Decorator pairing a subcommand's ``add_arguments(parser)`` with its ``run(args)``."""
+
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        def with_run(run: Callable[[argparse.Namespace], int | None]) -> Callable:
+            _COMMANDS.append((name, help, add_arguments, run))
+            return run
+
+        return with_run
+
+    return wrap
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` under both spellings, ``--snake_case`` and ``--kebab-case``."""
+    dest = name.replace("-", "_")
+    spellings = dict.fromkeys([f"--{dest}", f"--{dest.replace('_', '-')}"])
+    parser.add_argument(*spellings, dest=dest, **kwargs)
+
+
+def read_config(path: str, command: str) -> dict[str, Any]:
+    """Flat settings for ``command`` from a YAML file: top-level values, then its own section."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except OSError as err:
+        raise InputError(f"{path}: cannot read config ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config must be a mapping of settings")
+    sections = {name.replace("-", "_") for name, *_ in _COMMANDS}
+    flat = {k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") not in sections}
+    own = data.get(command) or data.get(command.replace("-", "_")) or {}
+    if not isinstance(own, dict):
+        raise InputError(f"{path}: section {command!r} must be a mapping")
+    flat.update({k.replace("-", "_"): v for k, v in own.items()})
+    return flat
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str, command: str, strict_keys: bool) -> None:
+    known = {a.dest for a in parser._actions}
+    settings = read_config(path, command)
+    unknown = sorted(set(settings) - known)
+    if unknown and strict_keys:
+        raise InputError(f"{path}: unknown setting(s) for `dust {command}`: {', '.join(unknown)}")
+    parser.set_defaults(**{k: v for k, v in settings.items() if k in known})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dust`` argument parser with every registered subcommand."""
+    from . import commands  # noqa: F401  (registers the subcommands)
+
+    parser = argparse.ArgumentParser(prog="dust", description="DuST: Dual Swin Transformer for video + time series.")
+    parser.add_argument("--version", action="version", version=f"dust {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help, add_arguments, run in _COMMANDS:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", metavar="FILE.yaml", help="read defaults from a YAML file; flags override it")
+        add_arguments(p)
+        p.set_defaults(_run=run, _parser=p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dust`` with ``argv`` (default: the process arguments); returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.config:
+            _apply_config(args._parser, args.config, args.command, strict_keys=args.command != "run")
+            args = parser.parse_args(argv)
+        code = args._run(args)
+    except (InputError, WeightsError) as err:
+        print(f"dust: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dust: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON."""
+    print(json.dumps(obj, indent=2))

@@ -1,0 +1,110 @@
+"""The 1-D Swin: shapes and gradients for awkward sizes, and the correct masking semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dust.models import TimeSeriesSwin
+from dust.models.ts_swin import ShiftedWindowAttention1d
+
+TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
+
+
+@pytest.mark.parametrize("length", [1, 3, 7, 13, 51])
+@pytest.mark.parametrize("patch_size", [1, 2, 4])
+@pytest.mark.parametrize("mask_mode", ["correct", "reference"])
+def test_shapes_and_gradients(length, patch_size, mask_mode):
+    model = TimeSeriesSwin(seq_len=length, in_chans=2, num_classes=3, patch_size=patch_size, mask_mode=mask_mode, **TINY)
+    x = torch.randn(1, 2, length)
+    features = model.forward_features(x)
+    logits = model(x)
+    assert features.shape == (1, model.num_features) == (1, 64)
+    assert logits.shape == (1, 3)
+    logits.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # the zero-initialised block norms are what training moves first
+    assert model.layers[0].blocks[0].norm1.weight.grad.abs().sum() > 0
+
+
+def test_window_larger_than_sequence_is_clamped():
+    model = TimeSeriesSwin(seq_len=5, in_chans=1, num_classes=2, embed_dim=8, depths=(2,), num_heads=(2,), window_size=8)
+    attn = model.layers[0].blocks[1].attn
+    assert (attn.window_size, attn.shift_size) == (5, 0)
+    assert model(torch.randn(2, 1, 5)).shape == (2, 2)
+
+
+def test_blocks_start_as_identity():
+    model = TimeSeriesSwin(seq_len=20, in_chans=3, num_classes=2, **TINY)
+    block = model.layers[0].blocks[1]
+    x = torch.randn(3, 20, 8)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_rejects_wrong_channel_count():
+    model = TimeSeriesSwin(seq_len=20, in_chans=3, num_classes=2, **TINY)
+    with pytest.raises(ValueError, match=r"\(batch, 3, length\)"):
+        model(torch.randn(2, 4, 20))
+
+
+def _windows(length: int, window: int, shift: int) -> list[list[int]]:
+    """The ideal shifted-window partition of positions 0..length-1 (partial windows at both ends)."""
+    starts = [0] + list(range(shift, length, window)) if shift else list(range(0, length, window))
+    bounds = sorted(set(starts)) + [length]
+    return [list(range(a, min(b, length))) for a, b in zip(bounds, bounds[1:]) if a < length]
+
+
+def _ideal_attention(attn: ShiftedWindowAttention1d, x: torch.Tensor) -> torch.Tensor:
+    """Window attention computed window by window, touching no padding."""
+    batch, length, dim = x.shape
+    heads, w = attn.num_heads, attn.window_size
+    qkv = attn.qkv(x).view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, H, L, hd)
+    out = torch.zeros(batch, heads, length, dim // heads)
+    for idx in _windows(length, w, attn.shift_size):
+        i = torch.tensor(idx)
+        rel = i[:, None] - i[None, :] + w - 1
+        bias = attn.relative_position_bias_table[rel].permute(2, 0, 1)  # (H, n, n)
+        scores = q[:, :, i] @ k[:, :, i].transpose(-1, -2) * (dim // heads) ** -0.5 + bias
+        out[:, :, i] = scores.softmax(-1) @ v[:, :, i]
+    return attn.proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+@pytest.mark.parametrize("length", [5, 8, 13, 16, 17, 23, 51])
+@pytest.mark.parametrize("shift", [0, 1, 2, 3])
+def test_correct_mask_is_ideal_window_attention(length, shift):
+    """Padding is never attended to and wrapped tokens stay in their own window."""
+    attn = ShiftedWindowAttention1d(dim=8, window_size=4, shift_size=shift, num_heads=2, mask_mode="correct")
+    torch.nn.init.normal_(attn.relative_position_bias_table)
+    x = torch.randn(2, length, 8)
+    torch.testing.assert_close(attn(x), _ideal_attention(attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_mask_differs_from_ideal_when_padding():
+    attn = ShiftedWindowAttention1d(dim=8, window_size=4, shift_size=2, num_heads=2, mask_mode="reference")
+    x = torch.randn(1, 13, 8)
+    assert not torch.allclose(attn(x), _ideal_attention(attn, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("mask_mode,ignores_padding", [("correct", True), ("reference", False)])
+def test_padding_content_never_reaches_the_output(monkeypatch, mask_mode, ignores_padding):
+    """Fill the window padding with garbage instead of zeros: correct masking must not notice."""
+    import dust.models.ts_swin as ts_swin
+
+    # length 24 with window 5: every stage pads its windows, no stage merges an odd length
+    model = TimeSeriesSwin(seq_len=24, in_chans=3, num_classes=0, mask_mode=mask_mode, **{**TINY, "window_size": 5})
+    model.eval()
+    for p in model.parameters():  # leave the identity start so attention matters
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 3, 24)
+    with torch.no_grad():
+        clean = model(x)
+
+        def garbage_pad(t, multiple):
+            pad = -t.shape[1] % multiple
+            return torch.cat([t, 5 * torch.randn(t.shape[0], pad, t.shape[2])], dim=1) if pad else t
+
+        monkeypatch.setattr(ts_swin, "pad_right", garbage_pad)
+        noisy = model(x)
+    assert torch.allclose(clean, noisy, atol=1e-5) == ignores_padding
