@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_output
 from .models import DuST, TimeSeriesSwin, VideoSwin
 from .models.weights import WeightsError, load_weights, to_tensors
 
@@ -61,7 +60,6 @@ def _kind_of(model: nn.Module) -> ModelKind:
 def save_checkpoint(path: str | Path, model: nn.Module, *, preset: str | None = None, **meta: Any) -> Path:
     """Write ``model`` with its config to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,14 +70,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, preset: str | None = 
         "meta": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -22,6 +22,9 @@ from .models.weights import WeightsError
 
 __all__ = ["add_flag", "main", "register"]
 
+PARSERS: dict[str, argparse.ArgumentParser] = {}
+"""Each subcommand's parser, filled by :func:`build_parser`."""
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
 _COMMANDS: list[Command] = []
 
@@ -66,7 +69,7 @@ def read_config(path: str, command: str) -> dict[str, Any]:
     return flat
 
 
-def _apply_config(parser: argparse.ArgumentParser, path: str, command: str, strict_keys: bool) -> None:
+def apply_config(parser: argparse.ArgumentParser, path: str, command: str, strict_keys: bool) -> None:
     known = {a.dest for a in parser._actions}
     settings = read_config(path, command)
     unknown = sorted(set(settings) - known)
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE.yaml", help="read defaults from a YAML file; flags override it")
         add_arguments(p)
         p.set_defaults(_run=run, _parser=p)
+        PARSERS[name] = p
     return parser
 
 
@@ -96,10 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         if args.config:
-            _apply_config(args._parser, args.config, args.command, strict_keys=args.command != "run")
-            args = parser.parse_args(argv)
+            apply_config(args._parser, args.config, args.command, strict_keys=args.command != "run")
+            args = _parse(parser, argv)
         code = args._run(args)
     except (InputError, WeightsError) as err:
         print(f"dust: error: {err}", file=sys.stderr)
@@ -107,7 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dust: interrupted", file=sys.stderr)
         return 130
-    return int(code or 0)
+    return code if isinstance(code, int) else 0
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; only ``dust run`` takes flags it does not know (it hands them to its stages)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    return args
 
 
 def print_json(obj: Any) -> None:

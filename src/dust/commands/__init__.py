@@ -1,3 +1,3 @@
 """The ``dust`` subcommands; importing this package registers them with :mod:`dust.cli`."""
 
-from . import models  # noqa: F401
+from . import models, run, stages  # noqa: F401

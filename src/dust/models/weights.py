@@ -137,6 +137,8 @@ def load_weights(
     if strict and (report.missing or report.unexpected):
         raise WeightsError(f"{source}: weights do not match the model: {report}")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    if report.missing or report.unexpected or report.dropped:
+    if report.missing or report.unexpected:
         log.warning("%s: %s", source, report)
+    elif report.dropped:
+        log.info("%s: %s", source, report)
     return report

@@ -1,0 +1,111 @@
+"""``dust run``: every stage in order, each one's outputs feeding the next, and a summary at the end."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json
+from ..cli import PARSERS, add_flag, apply_config, read_config, register
+from ..errors import InputError
+from ..training.stages import StageResult
+
+STAGES = ["gen-data", "train-video", "train-ts", "extract-features", "train-fusion"]
+SUMMARY_KEYS = {"train-video": "video", "train-ts": "timeseries", "train-fusion": "fusion"}
+PATH_FLAGS = {"outdir", "outpath", "logpath", "checkpoint", "ts_checkpoint"}
+
+
+def run_args(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "workdir", default=".",
+             help="folder holding data/ logs/ saved_models/ video_features/ and run_summary.json (default: .)")
+    add_flag(parser, "stages", default=",".join(STAGES),
+             help="comma-separated stages to run, in order (default: all)")
+    parser.epilog = ("Any other flag is passed to every stage that has it, e.g. --seed 1 or --num_epochs 2. "
+                     "A --config file may hold top-level settings and one section per stage (train_video: ...).")
+
+
+def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path) -> tuple[argparse.Namespace, set[str]]:
+    """The stage's settings: its defaults, then the config file, then the flags; relative paths under workdir."""
+    parser = PARSERS[name]
+    if config:
+        apply_config(parser, config, name, strict_keys=False)
+    args, unknown = parser.parse_known_args(extra)
+    for dest, value in vars(args).items():
+        if isinstance(value, str) and (dest.startswith("path_") or dest in PATH_FLAGS) and not Path(value).is_absolute():
+            setattr(args, dest, str(workdir / value))
+    return args, {u.split("=", 1)[0] for u in unknown if u.startswith("--")}
+
+
+def _link(name: str, args: argparse.Namespace, done: dict[str, Any], ran: dict[str, argparse.Namespace]) -> None:
+    """Point a stage at the files the stages before it wrote in this run."""
+    files = done.get("gen-data")
+    if files:
+        for key, path in files.items():  # video_train -> path_video_train ...
+            if hasattr(args, f"path_{key}"):
+                setattr(args, f"path_{key}", str(path))
+    if name == "extract-features" and "train-video" in ran:
+        video = ran["train-video"]
+        args.checkpoint = str(Path(video.outpath) / "final_3d.pth")
+        args.path_video_train, args.path_video_val = video.path_video_train, video.path_video_val
+    if name == "train-fusion":
+        if "train-ts" in ran:
+            ts = ran["train-ts"]
+            args.ts_checkpoint = str(Path(ts.outpath) / "final_1d.pth")
+            for dest in ("path_kine_train", "path_kine_val", "path_label_train", "path_label_val"):
+                setattr(args, dest, getattr(ts, dest))
+        if "extract-features" in ran:
+            feats = ran["extract-features"]
+            args.path_feature_train, args.path_feature_val = feats.path_feature_train, feats.path_feature_val
+
+
+def _check_config(path: str) -> None:
+    """Every top-level setting and section of a run config must mean something to some stage."""
+    known = {a.dest for p in PARSERS.values() for a in p._actions}
+    settings = read_config(path, "run")
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+
+
+def print_summary(summary: dict[str, dict[str, float]]) -> None:
+    """One screen: per trained stage, its best epoch, validation accuracy, macro-F1 and time."""
+    print()
+    print(f"{'stage':12} {'best epoch':>10} {'val acc':>8} {'macro-F1':>9} {'seconds':>8}")
+    for key, row in summary.items():
+        print(f"{key:12} {row['best_epoch']:>10} {row['val_accuracy']:>8.3f} {row['val_macro_f1']:>9.3f} "
+              f"{row['seconds']:>8.1f}")
+
+
+@register("run", "Run the whole pipeline: gen-data, train-video, train-ts, extract-features, train-fusion")(run_args)
+def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise InputError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
+    if args.config:
+        _check_config(args.config)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    parsed = {name: _stage_args(name, args.config, args.extra, workdir) for name in stages}
+    unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
+    if unknown:
+        raise InputError(f"no stage takes {', '.join(sorted(unknown))}")
+
+    start = time.perf_counter()
+    done: dict[str, Any] = {}
+    ran: dict[str, argparse.Namespace] = {}
+    summary: dict[str, dict[str, float]] = {}
+    for name in stages:
+        stage_args = parsed[name][0]
+        _link(name, stage_args, done, ran)
+        print(f"\n== {name} ==", flush=True)
+        done[name] = stage_args._run(stage_args)
+        ran[name] = stage_args
+        if isinstance(done[name], StageResult):
+            summary[SUMMARY_KEYS[name]] = done[name].summary()
+    print_summary(summary)
+    print(f"total {time.perf_counter() - start:.1f} s; summary in {workdir / 'run_summary.json'}")
+    write_json(workdir / "run_summary.json", summary)
+    return summary

@@ -1,0 +1,319 @@
+"""The four stages of DuST: train video, train time series, extract video features, train fused.
+
+Each function takes plain typed settings (the command line maps its flags onto them)
+and writes its artefacts: checkpoints under ``outpath``, history and log under ``logpath``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..atomic import write_json
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data.arrays import ArrayFileError, load_array, save_array
+from ..data.datasets import ArrayRows, as_float32, SeriesTransform, VideoTransform, check_labels, check_rows
+from ..errors import InputError
+from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
+from .recorder import StageRecorder
+from .task import ClassifierTask
+
+__all__ = ["StageResult", "TrainSettings", "extract_features", "train_fusion", "train_ts", "train_video"]
+
+log = logging.getLogger("dust")
+
+
+@dataclass
+class TrainSettings:
+    """What every training stage shares."""
+
+    outpath: Path
+    logpath: Path
+    batch_size: int = 9
+    num_epochs: int = 100
+    lr: float = 1e-5
+    seed: int = 93728645
+    print_every: int = 3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    num_classes: int = 4
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class StageResult:
+    """How a training stage ended: its best validated epoch (lowest validation loss) and timing."""
+
+    best_epoch: int
+    val_accuracy: float
+    val_macro_f1: float
+    val_loss: float
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """The figures ``run_summary.json`` keeps."""
+        return {"best_epoch": self.best_epoch, "val_accuracy": self.val_accuracy,
+                "val_macro_f1": self.val_macro_f1, "seconds": round(self.seconds, 2)}
+
+
+def _quiet_lightning() -> None:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
+    try:
+        array = load_array(path)
+    except ArrayFileError as err:
+        raise InputError(str(err)) from None
+    if array.ndim != ndim:
+        raise InputError(f"{path}: {what} must be a {ndim}-D array, got shape {array.shape}")
+    return array
+
+
+def _read_labels(path: str | Path, num_classes: int) -> np.ndarray:
+    try:
+        return check_labels(str(path), load_array(path, mmap=False), num_classes)
+    except ArrayFileError as err:
+        raise InputError(str(err)) from None
+
+
+def _check_positive(settings: TrainSettings) -> None:
+    for name in ("batch_size", "num_epochs", "print_every", "num_classes"):
+        if getattr(settings, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.lr <= 0:
+        raise InputError(f"--lr must be positive, got {settings.lr}")
+
+
+def _loader(dataset: ArrayRows, settings: TrainSettings, shuffle: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(settings.seed) if shuffle else None
+    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0)
+
+
+def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
+         settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
+    """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs."""
+    _quiet_lightning()
+    start = time.perf_counter()
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing)
+    recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
+                             {**meta, "num_classes": settings.num_classes, "stage": name})
+    trainer = L.Trainer(
+        max_epochs=settings.num_epochs,
+        check_val_every_n_epoch=settings.print_every,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=settings.progress,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+        deterministic=False,
+    )
+    trainer.fit(task, _loader(train, settings, shuffle=True), _loader(val, settings, shuffle=False))
+    seconds = time.perf_counter() - start
+    best = recorder.best or {"epoch": 0, "val_accuracy": float("nan"), "val_macro_f1": float("nan"),
+                             "val_loss": float("nan")}
+    return StageResult(int(best["epoch"]), best["val_accuracy"], best["val_macro_f1"], best["val_loss"],
+                       seconds, recorder.history)
+
+
+def train_video(
+    settings: TrainSettings,
+    *,
+    path_video_train: Path,
+    path_video_val: Path,
+    path_label_train: Path,
+    path_label_val: Path,
+    model_preset: str = "paper",
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    init_weights: Path | None = None,
+    init_kind: str = "kinetics400",
+) -> StageResult:
+    """Stage 1: train a :class:`VideoSwin` classifier on ``(N, C, T, H, W)`` clips."""
+    _check_positive(settings)
+    video_train = _read(path_video_train, 5, "video")
+    video_val = _read(path_video_val, 5, "video")
+    labels_train = _read_labels(path_label_train, settings.num_classes)
+    labels_val = _read_labels(path_label_val, settings.num_classes)
+    check_rows({str(path_video_train): video_train, str(path_label_train): labels_train})
+    check_rows({str(path_video_val): video_val, str(path_label_val): labels_val})
+    if video_train.shape[1:] != video_val.shape[1:]:
+        raise InputError(f"{path_video_val}: clips are {video_val.shape[1:]}, training clips are {video_train.shape[1:]}")
+    data_size = tuple(video_train.shape[2:])
+    size = (num_frames or data_size[0], height or data_size[1], width or data_size[2])
+    if size != data_size:
+        log.warning("resampling clips from %s to %s (--num_frames/--height/--width)",
+                    "x".join(map(str, data_size)), "x".join(map(str, size)))
+    transform = VideoTransform(size=size)
+    model = VideoSwin.from_preset(model_preset, num_classes=settings.num_classes, in_chans=video_train.shape[1])
+    if init_weights is not None:
+        loader = load_kinetics400 if init_kind == "kinetics400" else load_imagenet_2d
+        log.warning("initialised from %s: %s", init_weights, loader(model, init_weights))
+    meta = {"video_transform": transform.to_dict(), "input_dtype": str(video_train.dtype)}
+    return _fit("step_3d", "final_3d.pth", model, ArrayRows([video_train], [transform], labels_train),
+                ArrayRows([video_val], [transform], labels_val), settings, model_preset, meta)
+
+
+def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequence[Path], num_channels: int | None):
+    arrays = [_read(p, 3, "kinematics") for p in paths]
+    label_arrays = [_read_labels(p, settings.num_classes) for p in labels]
+    for path, array, lpath, larray in zip(paths, arrays, labels, label_arrays):
+        check_rows({str(path): array, str(lpath): larray})
+        if num_channels is not None and array.shape[1] != num_channels:
+            raise InputError(f"{path}: series have {array.shape[1]} channels, --num_channels says {num_channels}")
+    if arrays[0].shape[1] != arrays[1].shape[1]:
+        raise InputError(f"{paths[1]}: {arrays[1].shape[1]} channels, training series have {arrays[0].shape[1]}")
+    return arrays, label_arrays
+
+
+def train_ts(
+    settings: TrainSettings,
+    *,
+    path_kine_train: Path,
+    path_kine_val: Path,
+    path_label_train: Path,
+    path_label_val: Path,
+    model_preset: str = "paper",
+    num_frames: int | None = None,
+    num_channels: int | None = None,
+) -> StageResult:
+    """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series."""
+    _check_positive(settings)
+    (train, val), (labels_train, labels_val) = _series_pair(
+        settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
+    length = num_frames or train.shape[2]
+    transform = SeriesTransform.fit(train, length=length)
+    model = TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
+                                       num_classes=settings.num_classes)
+    meta = {"series_transform": transform.to_dict()}
+    return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [transform], labels_train),
+                ArrayRows([val], [transform], labels_val), settings, model_preset, meta)
+
+
+def _checkpoint(path: Path, kind: str, model_preset: str | None) -> Checkpoint:
+    try:
+        ckpt = load_checkpoint(path, expect=kind)  # type: ignore[arg-type]
+    except Exception as err:
+        raise InputError(str(err)) from None
+    if model_preset is not None and ckpt.preset != model_preset:
+        raise InputError(f"{path}: the checkpoint holds preset {ckpt.preset!r}, --model_preset says {model_preset!r}")
+    return ckpt
+
+
+def feature_sidecar(path: Path) -> Path:
+    """The JSON file describing a feature array: ``train_3d_features.pkl`` -> ``train_3d_features.json``."""
+    return path.with_suffix(".json")
+
+
+def extract_features(
+    *,
+    checkpoint: Path,
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    batch_size: int = 9,
+    model_preset: str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    """Stage 3: one pooled feature row per clip, in input order, for each video file.
+
+    Writes each ``outputs[i]`` as a float32 ``(N, feature_dim)`` array with a JSON sidecar
+    naming the checkpoint and preset it came from.
+    """
+    ckpt = _checkpoint(Path(checkpoint), "video", model_preset)
+    model: VideoSwin = ckpt.build()  # type: ignore[assignment]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    transform = VideoTransform(**ckpt.meta.get("video_transform", {}))
+    for source, target in zip(inputs, outputs):
+        video = _read(source, 5, "video")
+        loader = DataLoader(ArrayRows([video], [transform]), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers)
+        rows = []
+        with torch.inference_mode():
+            for (clips,) in tqdm(loader, desc=f"features {Path(source).name}", disable=not progress, leave=False):
+                rows.append(model.forward_features(clips.to(device)).float().cpu().numpy())
+        features = np.concatenate(rows) if rows else np.zeros((0, model.feature_dim), np.float32)
+        save_array(target, features)
+        write_json(feature_sidecar(Path(target)), {
+            "checkpoint": str(checkpoint), "preset": ckpt.preset, "feature_dim": model.feature_dim,
+            "rows": len(features), "video": str(source),
+        })
+    return [Path(t) for t in outputs]
+
+
+def _read_features(path: Path, rows_like: Path, expected_rows: int) -> np.ndarray:
+    features = _read(path, 2, "video features")
+    if len(features) != expected_rows:
+        raise InputError(f"{path}: {len(features)} feature rows but {rows_like} has {expected_rows} clips")
+    sidecar = feature_sidecar(path)
+    if sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        if meta.get("feature_dim") not in (None, features.shape[1]):
+            raise InputError(f"{path}: {features.shape[1]} wide, but {sidecar} records {meta['feature_dim']}")
+    return features
+
+
+def train_fusion(
+    settings: TrainSettings,
+    *,
+    path_kine_train: Path,
+    path_kine_val: Path,
+    path_feature_train: Path,
+    path_feature_val: Path,
+    path_label_train: Path,
+    path_label_val: Path,
+    ts_checkpoint: Path,
+    model_preset: str | None = None,
+    num_frames: int | None = None,
+    num_channels: int | None = None,
+) -> StageResult:
+    """Stage 4: train :class:`DuST` on series and video features, its backbone from stage 2."""
+    _check_positive(settings)
+    ckpt = _checkpoint(Path(ts_checkpoint), "ts", model_preset)
+    if num_frames is not None and num_frames != ckpt.config["seq_len"]:
+        raise InputError(f"{ts_checkpoint}: trained on series of length {ckpt.config['seq_len']}, "
+                         f"--num_frames says {num_frames}")
+    (train, val), (labels_train, labels_val) = _series_pair(
+        settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
+    if train.shape[1] != ckpt.config["in_chans"]:
+        raise InputError(f"{path_kine_train}: {train.shape[1]} channels, {ts_checkpoint} was trained on "
+                         f"{ckpt.config['in_chans']}")
+    feats_train = _read_features(Path(path_feature_train), Path(path_kine_train), len(train))
+    feats_val = _read_features(Path(path_feature_val), Path(path_kine_val), len(val))
+    if feats_train.shape[1] != feats_val.shape[1]:
+        raise InputError(f"{path_feature_val}: {feats_val.shape[1]} wide, {path_feature_train} is {feats_train.shape[1]}")
+    transform = SeriesTransform(**ckpt.meta.get("series_transform", {}))
+    config = {k: v for k, v in ckpt.config.items() if k != "num_classes"}
+    model = DuST(feats_train.shape[1], num_classes=settings.num_classes, **config)
+    try:
+        load_ts_backbone(model, ckpt.state_dict)
+    except Exception as err:
+        raise InputError(f"{ts_checkpoint}: {err}") from None
+    meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint)}
+    return _fit("step_fusion", "final_fusion.pth", model,
+                ArrayRows([train, feats_train], [transform, as_float32], labels_train),
+                ArrayRows([val, feats_val], [transform, as_float32], labels_val), settings, ckpt.preset, meta)
