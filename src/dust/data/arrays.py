@@ -121,7 +121,8 @@ def _load_pickle(path: Path) -> Any:
 
 
 def _load_npz(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as archive:
+    # Opening the file here closes it even when numpy fails to parse the archive.
+    with open(path, "rb") as stream, np.load(stream, allow_pickle=False) as archive:
         keys = list(archive.files)
         if len(keys) != 1:
             raise ArrayFileError(path, f"expected exactly one array in the .npz, found {len(keys)}: {keys}")

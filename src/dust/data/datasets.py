@@ -45,7 +45,7 @@ class VideoTransform:
     size: Sequence[int] | None = None
 
     def __call__(self, clip: np.ndarray) -> Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(clip))
+        x = torch.from_numpy(np.array(clip))  # a writable copy of one clip
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
             mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1, 1)
@@ -83,7 +83,7 @@ class SeriesTransform:
         return cls(mean=mean.tolist(), std=std.tolist(), length=length)
 
     def __call__(self, series: np.ndarray) -> Tensor:
-        x = torch.from_numpy(np.asarray(series, dtype=np.float32))
+        x = torch.from_numpy(np.array(series, dtype=np.float32))
         if self.mean:
             x = (x - torch.tensor(self.mean, dtype=x.dtype)[:, None]) / torch.tensor(self.std, dtype=x.dtype)[:, None]
         if self.length is not None and x.shape[-1] != self.length:
@@ -97,7 +97,7 @@ class SeriesTransform:
 
 def as_float32(row: np.ndarray) -> Tensor:
     """A row as a float32 tensor, unchanged otherwise."""
-    return torch.from_numpy(np.asarray(row, dtype=np.float32))
+    return torch.from_numpy(np.array(row, dtype=np.float32))
 
 
 class ArrayRows(Dataset):

@@ -94,12 +94,15 @@ def _read_labels(path: str | Path, num_classes: int) -> np.ndarray:
         raise InputError(str(err)) from None
 
 
-def _check_positive(settings: TrainSettings) -> None:
+def _prepare(settings: TrainSettings) -> None:
+    """Check the shared settings and seed every generator (before any model is built)."""
     for name in ("batch_size", "num_epochs", "print_every", "num_classes"):
         if getattr(settings, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
     if settings.lr <= 0:
         raise InputError(f"--lr must be positive, got {settings.lr}")
+    _quiet_lightning()
+    L.seed_everything(settings.seed, workers=True, verbose=False)
 
 
 def _loader(dataset: ArrayRows, settings: TrainSettings, shuffle: bool) -> DataLoader:
@@ -111,9 +114,7 @@ def _loader(dataset: ArrayRows, settings: TrainSettings, shuffle: bool) -> DataL
 def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
          settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
     """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs."""
-    _quiet_lightning()
     start = time.perf_counter()
-    L.seed_everything(settings.seed, workers=True, verbose=False)
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
                              {**meta, "num_classes": settings.num_classes, "stage": name})
@@ -153,7 +154,7 @@ def train_video(
     init_kind: str = "kinetics400",
 ) -> StageResult:
     """Stage 1: train a :class:`VideoSwin` classifier on ``(N, C, T, H, W)`` clips."""
-    _check_positive(settings)
+    _prepare(settings)
     video_train = _read(path_video_train, 5, "video")
     video_val = _read(path_video_val, 5, "video")
     labels_train = _read_labels(path_label_train, settings.num_classes)
@@ -201,7 +202,7 @@ def train_ts(
     num_channels: int | None = None,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series."""
-    _check_positive(settings)
+    _prepare(settings)
     (train, val), (labels_train, labels_val) = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
@@ -292,7 +293,7 @@ def train_fusion(
     num_channels: int | None = None,
 ) -> StageResult:
     """Stage 4: train :class:`DuST` on series and video features, its backbone from stage 2."""
-    _check_positive(settings)
+    _prepare(settings)
     ckpt = _checkpoint(Path(ts_checkpoint), "ts", model_preset)
     if num_frames is not None and num_frames != ckpt.config["seq_len"]:
         raise InputError(f"{ts_checkpoint}: trained on series of length {ckpt.config['seq_len']}, "

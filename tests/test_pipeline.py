@@ -1,0 +1,218 @@
+"""The four stages on tiny data, through the CLI and the seed's scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dust.checkpoint import load_checkpoint
+from dust.cli import main
+from dust.data.arrays import load_array
+from dust.data.datasets import VideoTransform
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = ["--n_train", "8", "--n_val", "4", "--num_frames", "4", "--height", "32", "--width", "32",
+             "--kine_len", "19", "--format", "npy", "--no_progress"]
+VIDEO = ["--model_preset", "nano", "--num_frames", "4", "--height", "32", "--width", "32", "--batch_size", "4",
+         "--no_progress"]
+TS = ["--model_preset", "nano", "--num_frames", "19", "--batch_size", "4", "--no_progress"]
+
+
+def _data_flags(kind: str) -> list[str]:
+    flags = ["--path_label_train", "data/label_train.npy", "--path_label_val", "data/label_val.npy"]
+    if kind == "video":
+        return flags + ["--path_video_train", "data/video_train.npy", "--path_video_val", "data/video_val.npy"]
+    return flags + ["--path_kine_train", "data/kine_train.npy", "--path_kine_val", "data/kine_val.npy"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A folder in which all four stages ran once, through the CLI."""
+    work = tmp_path_factory.mktemp("run")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["gen-data", *TINY_DATA]) == 0
+        assert main(["train-video", *VIDEO, *_data_flags("video"), "--num_epochs", "2", "--print_every", "1"]) == 0
+        assert main(["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "3"]) == 0
+        assert main(["extract-features", "--path_video_train", "data/video_train.npy", "--path_video_val",
+                     "data/video_val.npy", "--no_progress"]) == 0
+        assert main(["train-fusion", *_data_flags("ts"), "--num_epochs", "2", "--batch_size", "4", "--no_progress"]) == 0
+    finally:
+        os.chdir(old)
+    return work
+
+
+def test_every_stage_writes_its_artefacts(trained):
+    for folder, final in (("step_3d", "final_3d.pth"), ("step_1d", "final_1d.pth"), ("step_fusion", "final_fusion.pth")):
+        for name in ("best.pth", "last.pth", final):
+            assert (trained / "saved_models" / folder / name).is_file(), (folder, name)
+        history = json.loads((trained / "logs" / f"{folder}_history.json").read_text())
+        assert history["history"] and history["best"]["epoch"] >= 1
+        assert set(history["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"}
+        assert (trained / "logs" / f"{folder}_history.csv").read_text().startswith("epoch,train_loss")
+    assert len(json.loads((trained / "logs" / "step_1d_history.json").read_text())["history"]) == 3
+    ckpt = load_checkpoint(trained / "saved_models" / "step_3d" / "final_3d.pth", expect="video")
+    assert ckpt.preset == "nano" and ckpt.meta["video_transform"]["size"] == [4, 32, 32]
+
+
+def test_features_keep_input_order(trained):
+    features = load_array(trained / "video_features" / "train_3d_features.pkl")
+    ckpt = load_checkpoint(trained / "saved_models" / "step_3d" / "final_3d.pth")
+    model = ckpt.build()
+    video = np.load(trained / "data" / "video_train.npy")
+    transform = VideoTransform(**ckpt.meta["video_transform"])
+    with torch.no_grad():
+        direct = model.forward_features(torch.stack([transform(clip) for clip in video])).numpy()
+    assert features.dtype == np.float32 and features.shape == (8, model.feature_dim)
+    np.testing.assert_allclose(features, direct, atol=1e-5)
+    sidecar = json.loads((trained / "video_features" / "train_3d_features.json").read_text())
+    assert sidecar["preset"] == "nano" and sidecar["rows"] == 8 and sidecar["feature_dim"] == model.feature_dim
+
+
+def test_fusion_backbone_starts_from_stage2(trained):
+    fused = load_checkpoint(trained / "saved_models" / "step_fusion" / "final_fusion.pth", expect="fusion")
+    assert fused.config["video_feature_dim"] == 192
+    assert fused.meta["ts_checkpoint"].endswith("final_1d.pth")
+
+
+def _in(folder: Path, argv: list[str]) -> int:
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        return main(argv)
+    finally:
+        os.chdir(old)
+
+
+def test_fusion_refuses_misaligned_features(trained, capsys, tmp_path):
+    short = tmp_path / "short.npy"
+    np.save(short, load_array(trained / "video_features" / "train_3d_features.pkl")[:-1])
+    code = _in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_train", str(short),
+                         "--num_epochs", "1", "--outpath", str(tmp_path / "out"), "--no_progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "short.npy: 7 feature rows but data/kine_train.npy has 8 clips" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fusion_refuses_wrong_width_features(trained, capsys, tmp_path):
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((4, 1024), np.float32))
+    code = _in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_val", str(wide),
+                         "--num_epochs", "1", "--outpath", str(tmp_path / "out"), "--no_progress"])
+    assert code == 2
+    assert "wide.npy: 1024 wide" in capsys.readouterr().err
+
+
+def test_preset_must_agree_with_checkpoint(trained, capsys, tmp_path):
+    code = _in(trained, ["extract-features", "--model_preset", "paper", "--path_video_train", "data/video_train.npy",
+                         "--path_video_val", "data/video_val.npy", "--path_feature_train", str(tmp_path / "f.npy"),
+                         "--path_feature_val", str(tmp_path / "g.npy"), "--no_progress"])
+    assert code == 2
+    assert "holds preset 'nano', --model_preset says 'paper'" in capsys.readouterr().err
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_unsafe_pickle_is_refused_by_a_stage(trained, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "labels.pkl"
+    bad.write_bytes(pickle.dumps(Exploit()))
+    code = _in(trained, ["train-ts", *TS, *_data_flags("ts"), "--path_label_train", str(bad), "--num_epochs", "1",
+                         "--outpath", str(tmp_path / "out")])
+    assert code == 2
+    assert "labels.pkl" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_config_file_and_flag_override(trained, tmp_path):
+    config = tmp_path / "ts.yaml"
+    config.write_text("num_epochs: 1\nprint_every: 1\nseed: 5\nmodel_preset: nano\n")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    argv = ["train-ts", "--config", str(config), *_data_flags("ts"), "--num-frames", "19", "--batch-size", "4",
+            "--outpath", str(out), "--logpath", str(logs), "--no-progress"]
+    assert _in(trained, argv) == 0
+    assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 1
+    assert _in(trained, [*argv, "--num_epochs", "2"]) == 0
+    assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 2
+
+
+def test_unknown_config_setting_is_refused(trained, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("num_epoch: 1\n")
+    assert _in(trained, ["train-ts", "--config", str(config)]) == 2
+    assert "bad.yaml: unknown setting(s) for `dust train-ts`: num_epoch" in capsys.readouterr().err
+
+
+def test_same_seed_same_history(trained, tmp_path):
+    histories = []
+    for i in range(2):
+        logs = tmp_path / f"logs{i}"
+        assert _in(trained, ["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "2", "--seed", "7",
+                             "--outpath", str(tmp_path / f"out{i}"), "--logpath", str(logs)]) == 0
+        histories.append(json.loads((logs / "step_1d_history.json").read_text())["history"])
+    assert histories[0] == histories[1]
+
+
+def test_seed_scripts_run_with_seed_flags(tmp_path):
+    """The five root scripts, as the original README runs them (small sizes)."""
+    def script(name: str, *args: str) -> None:
+        done = subprocess.run([sys.executable, str(ROOT / name), *args], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    script("gen_data.py", "--n_train", "4", "--n_val", "2", "--num_frames", "4", "--height", "32", "--width", "32",
+           "--no_progress")
+    assert (tmp_path / "data" / "video_train.pkl").is_file()
+    script("step_fusion_3d.py", "--batch_size", "2", "--num_epochs", "1", "--lr", "0.00001", "--seed", "93728645",
+           "--print_every", "1", "--num_frames", "4", "--height", "32", "--width", "32", "--model_preset", "nano",
+           "--path_video_train", "./data/video_train.pkl", "--path_video_val", "./data/video_val.pkl",
+           "--path_label_train", "./data/label_train.pkl", "--path_label_val", "./data/label_val.pkl",
+           "--outpath", "./saved_models/step_3d/", "--logpath", "./logs/", "--no_progress")
+    script("step_fusion_1d.py", "--batch_size", "2000", "--num_epochs", "1", "--lr", "0.0003", "--seed", "93728645",
+           "--print_every", "1", "--num_frames", "51", "--num_channels", "3", "--model_preset", "nano",
+           "--path_kine_train", "./data/kine_train.pkl", "--path_kine_val", "./data/kine_val.pkl",
+           "--outpath", "./saved_models/step_1d/", "--logpath", "./logs/", "--no_progress")
+    script("step_fusion_3d_get_feature.py", "--no_progress")
+    script("step_fusion.py", "--num_epochs", "1", "--no_progress")
+    assert (tmp_path / "saved_models" / "step_fusion" / "final_fusion.pth").is_file()
+    assert (tmp_path / "video_features" / "val_3d_features.pkl").is_file()
+
+
+def test_run_all_stages_with_config(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "seed: 3\nno_progress: true\n"
+        "gen_data: {n_train: 8, n_val: 4, num_frames: 4, height: 32, width: 32, kine_len: 19, format: npy}\n"
+        "train_video: {model_preset: nano, num_frames: 4, height: 32, width: 32, batch_size: 4, num_epochs: 1,"
+        " print_every: 1}\n"
+        "train_ts: {model_preset: nano, num_frames: 19, batch_size: 4, num_epochs: 2}\n"
+        "train_fusion: {batch_size: 4, num_epochs: 2}\n"
+    )
+    work = tmp_path / "work"
+    assert main(["run", "--config", str(config), "--workdir", str(work), "--num-epochs", "1"]) == 0
+    summary = json.loads((work / "run_summary.json").read_text())
+    assert set(summary) == {"video", "timeseries", "fusion"}
+    for row in summary.values():
+        assert set(row) == {"best_epoch", "val_accuracy", "val_macro_f1", "seconds"}
+        assert row["best_epoch"] == 1 and 0 <= row["val_accuracy"] <= 1
+    assert (work / "data" / "video_train.npy").is_file()
+    assert (work / "video_features" / "train_3d_features.pkl").is_file()
+    assert "fusion" in capsys.readouterr().out
+
+
+def test_run_rejects_flags_no_stage_takes(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path), "--no_such_flag", "1"]) == 2
+    assert "no stage takes --no_such_flag" in capsys.readouterr().err
