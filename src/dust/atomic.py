@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_output", "write_json", "write_text"]
+__all__ = ["atomic_output", "temp_sibling", "write_json", "write_text"]
+
+
+def temp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A fresh hidden name beside ``path`` (same folder, so a rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{tag}")
 
 
 @contextmanager
@@ -20,14 +25,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    temp = temp_sibling(path)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -1,7 +1,7 @@
 """Data: safe array files and learnable toy data."""
 
-from dust.data.arrays import ArrayFileError, ArrayWriter, load_array, save_array
-from dust.data.toy import generate_toy_data, make_kinematics, render_video
+from .arrays import ArrayFileError, ArrayWriter, load_array, save_array
+from .toy import generate_toy_data, make_kinematics, render_video
 
 __all__ = [
     "ArrayFileError",

@@ -12,10 +12,8 @@ import os
 import pickle
 import pickletools
 import struct
-import uuid
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -23,6 +21,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.format import MAGIC_PREFIX, open_memmap, write_array
+
+from ..atomic import atomic_output, temp_sibling
+
+__all__ = ["ArrayFileError", "ArrayWriter", "load_array", "save_array"]
 
 PathLike = str | os.PathLike[str]
 
@@ -36,10 +38,18 @@ _NPZ_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 class ArrayFileError(ValueError):
-    """An array file is missing, malformed, unsafe or of an unsupported kind."""
+    """An array file is missing, malformed, unsafe or of an unsupported kind.
+
+    Its message is one line: ``<path>: <problem>``.
+    """
 
     def __init__(self, path: PathLike, problem: str) -> None:
-        super().__init__(f"{os.fspath(path)}: {_one_line(problem)}")
+        super().__init__(path, problem)  # both in args, so the error pickles (worker processes)
+        self.path = os.fspath(path)
+        self.problem = _one_line(problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
 
 
 def _one_line(text: str) -> str:
@@ -177,22 +187,6 @@ def _checked(path: PathLike, array: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def _temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{tag}")
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it to `path` on success, delete it on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_sibling(path)
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _raw_bytes(array: np.ndarray) -> np.ndarray:
     """The array's C-order bytes as a flat uint8 view (a copy only if not C-contiguous)."""
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
@@ -254,7 +248,7 @@ def save_array(path: PathLike, array: np.ndarray) -> None:
     suffix = _suffix(path)
     array = np.asarray(array)
     _storable(path, array.dtype)
-    with _atomic(Path(path)) as temp:
+    with atomic_output(Path(path)) as temp:
         if suffix == ".npz":
             _write_npz(temp, array)
             return
@@ -333,9 +327,9 @@ class ArrayWriter:
 
     def __enter__(self) -> ArrayWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._temps = [_temp_sibling(self.path)]
+        self._temps = [temp_sibling(self.path)]
         if self._suffix == ".npz":
-            self._temps.append(_temp_sibling(self.path, "stage.npy"))
+            self._temps.append(temp_sibling(self.path, "stage.npy"))
         sink_type = _PickleSink if self._suffix in PICKLE_SUFFIXES else _NpySink
         try:
             self._sink = sink_type(self._temps[-1], self.shape, self.dtype)

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dust.data.arrays import ArrayWriter, save_array
+from .arrays import ArrayWriter, save_array
+
+__all__ = ["generate_toy_data", "make_kinematics", "render_video"]
 
 KINDS = ("scenario", "noise")
 FORMATS = ("pkl", "npy", "npz")
@@ -60,6 +62,7 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
 
 
 def _interp_axis(grid: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linearly resample axis 0 or 1 of a 2-D grid to `size` points."""
     pos = np.linspace(0.0, grid.shape[axis] - 1, size)
     low = np.minimum(pos.astype(int), grid.shape[axis] - 2)
     frac = pos - low
@@ -100,6 +103,7 @@ def _line_cover(offset_px: np.ndarray, half_width_px: np.ndarray) -> np.ndarray:
 
 
 def _sky(rng: np.random.Generator, rows: np.ndarray, horizon: float, width: int) -> np.ndarray:
+    """A (3, rows, width) sky: blue above, paler towards the horizon, with soft clouds."""
     top = rng.uniform([0.30, 0.50, 0.75], [0.55, 0.70, 0.95])
     low = rng.uniform([0.70, 0.75, 0.80], [0.90, 0.90, 0.95])
     mix = np.clip(rows / max(horizon, 1.0), 0.0, 1.0)[:, None, None]
@@ -109,6 +113,7 @@ def _sky(rng: np.random.Generator, rows: np.ndarray, horizon: float, width: int)
 
 
 def _road_scene(rng: np.random.Generator, height: int, width: int, difficulty: float) -> _Road:
+    """Sky, tree line, grass and a three-lane road seen from its middle lane."""
     pad = max(1, round(0.03 * max(height, width)))
     rows = np.arange(height + 2 * pad, dtype=np.float64)[:, None] + 0.5 - pad
     cols = np.arange(width + 2 * pad, dtype=np.float64)[None, :] + 0.5 - pad
@@ -118,7 +123,7 @@ def _road_scene(rng: np.random.Generator, height: int, width: int, difficulty: f
     lane_px = np.maximum(LANE * below, 1e-6)
     lateral = (cols - vanish) / lane_px  # lane units, 0 at the ego lane's centre
     on_ground = below > 0
-    line_half = np.maximum(0.025 * lane_px, 0.3) * on_ground
+    line_half = np.maximum(0.025 * lane_px, 0.3)
 
     grass = rng.uniform([0.18, 0.32, 0.10], [0.32, 0.48, 0.22])[:, None, None]
     asphalt = rng.uniform(0.36, 0.54) + rng.uniform(-0.02, 0.02, 3)
@@ -126,17 +131,20 @@ def _road_scene(rng: np.random.Generator, height: int, width: int, difficulty: f
     blotches = _smooth_noise(rng, height + 2 * pad, width + 2 * pad, 8)
     ground = np.where(np.abs(lateral) < 1.6, asphalt[:, None, None], grass)
     ground = ground * (1 + 0.08 * blotches + _lerp(0.04, 0.08, difficulty) * texture)
-    edges = _line_cover((np.abs(lateral) - 1.5) * lane_px, line_half)
+    edges = _line_cover((np.abs(lateral) - 1.5) * lane_px, line_half) * on_ground
     ground = ground + edges * (0.9 - ground)
 
     canvas = np.where(on_ground, ground, _sky(rng, rows[:, 0], horizon, width + 2 * pad))
     canvas = _add_treeline(rng, canvas, rows[:, 0], horizon)
-    dashes = _line_cover((np.abs(lateral) - 0.5) * lane_px, line_half)
+    dashes = _line_cover((np.abs(lateral) - 0.5) * lane_px, line_half) * on_ground
     distance = np.where(below[:, 0] > 0, height / np.maximum(below[:, 0], 1e-6), np.inf)
     return _Road(canvas.astype(np.float32), dashes.astype(np.float32), distance, horizon, vanish, pad)
 
 
-def _add_treeline(rng: np.random.Generator, canvas: np.ndarray, rows: np.ndarray, horizon: float) -> np.ndarray:
+def _add_treeline(
+    rng: np.random.Generator, canvas: np.ndarray, rows: np.ndarray, horizon: float
+) -> np.ndarray:
+    """Paint a dark, ragged band of trees and hills just above the horizon."""
     width = canvas.shape[2]
     height = len(rows) * rng.uniform(0.01, 0.05)
     top = horizon - height * (1.0 + 0.6 * _smooth_noise(rng, 1, width, 12)[0])
@@ -149,12 +157,15 @@ def _dash_rows(rng: np.random.Generator, road: _Road, num_frames: int) -> np.nda
     """Which canvas rows show a lane dash in each frame: (T, rows) in {0, 1}."""
     period = rng.uniform(1.0, 1.6)
     travelled = rng.uniform(2.0, 5.0) * period * _clip_times(num_frames)
-    phase = (road.distance[None, :] + travelled[:, None]) / period
-    visible = np.isfinite(road.distance)[None, :]
-    return ((np.nan_to_num(phase, posinf=0.0) % 1.0 < 0.45) & visible).astype(np.float32)
+    visible = np.isfinite(road.distance)
+    distance = np.where(visible, road.distance, 0.0)
+    phase = (distance[None, :] + travelled[:, None]) / period  # fixed on the road as the camera moves
+    return ((phase % 1.0 < 0.45) & visible[None, :]).astype(np.float32)
 
 
-def _vehicle_track(rng: np.random.Generator, conflict: bool, num_frames: int, difficulty: float):
+def _vehicle_track(
+    rng: np.random.Generator, conflict: bool, num_frames: int, difficulty: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Depth rho (rows below the horizon / height) and lateral lane offset per frame."""
     t = _clip_times(num_frames)
     rho0 = rng.uniform(0.08, 0.16)
@@ -164,7 +175,7 @@ def _vehicle_track(rng: np.random.Generator, conflict: bool, num_frames: int, di
         progress = _smoothstep((t - onset) / rng.uniform(0.25, 0.40))
         growth = rng.uniform(_lerp(5.0, 1.4, difficulty), _lerp(7.0, 2.0, difficulty))
         rho = rho0 * growth**progress
-        lateral = u0 + (rng.uniform(-0.2, 0.2) - u0) * progress
+        lateral = u0 + (rng.uniform(-0.1, 0.1) - u0) * progress
     else:
         rho = rho0 * (1.0 + rng.uniform(-0.35, _lerp(0.10, 0.50, difficulty)) * t)
         lateral = u0 + rng.uniform(-0.3, 0.3) * t
@@ -172,6 +183,7 @@ def _vehicle_track(rng: np.random.Generator, conflict: bool, num_frames: int, di
 
 
 def _random_vehicle(rng: np.random.Generator, difficulty: float) -> _Vehicle:
+    """A dark vehicle of random hue (lighter when harder, closer to the road's grey)."""
     hue = rng.uniform(0.2, 1.0, 3)
     body = hue * rng.uniform(0.04, _lerp(0.22, 0.45, difficulty)) / hue.mean()
     glass = rng.uniform([0.05, 0.07, 0.09], [0.15, 0.18, 0.24])
@@ -179,8 +191,15 @@ def _random_vehicle(rng: np.random.Generator, difficulty: float) -> _Vehicle:
     return _Vehicle(np.clip(body, 0, 1), glass, lights, rng.uniform(0.75, 1.05))
 
 
-def _paint_box(canvas: np.ndarray, top: float, bottom: float, left: float, right: float,
-               colour: np.ndarray, alpha: float = 1.0) -> None:
+def _paint_box(
+    canvas: np.ndarray,
+    top: float,
+    bottom: float,
+    left: float,
+    right: float,
+    colour: np.ndarray,
+    alpha: float = 1.0,
+) -> None:
     """Blend an anti-aliased axis-aligned box (canvas pixel coordinates) into `canvas`."""
     r0, r1 = max(int(np.floor(top)), 0), min(int(np.ceil(bottom)), canvas.shape[1])
     c0, c1 = max(int(np.floor(left)), 0), min(int(np.ceil(right)), canvas.shape[2])
@@ -196,6 +215,7 @@ def _paint_box(canvas: np.ndarray, top: float, bottom: float, left: float, right
 
 
 def _draw_vehicle(canvas: np.ndarray, road: _Road, car: _Vehicle, rho: float, lateral: float) -> None:
+    """Paint the vehicle's rear, standing on the road at depth `rho` and lane offset `lateral`."""
     height = canvas.shape[1] - 2 * road.pad
     width = VEHICLE_WIDTH * rho * height
     tall = car.aspect * width
@@ -204,7 +224,9 @@ def _draw_vehicle(canvas: np.ndarray, road: _Road, car: _Vehicle, rho: float, la
     left, top = centre - width / 2, bottom - tall
 
     def box(y0: float, y1: float, x0: float, x1: float, colour: np.ndarray, alpha: float = 1.0) -> None:
-        _paint_box(canvas, top + y0 * tall, top + y1 * tall, left + x0 * width, left + x1 * width, colour, alpha)
+        """A part of the vehicle, in fractions of its bounding box."""
+        y0, y1, x0, x1 = top + y0 * tall, top + y1 * tall, left + x0 * width, left + x1 * width
+        _paint_box(canvas, y0, y1, x0, x1, colour, alpha)
 
     black = np.zeros(3)
     box(0.92, 1.06, -0.06, 1.06, black, 0.55)  # shadow
@@ -288,6 +310,7 @@ def _slow_motion(rng: np.random.Generator, t: np.ndarray, amplitude: float) -> n
 
 
 def _road_vibration(rng: np.random.Generator, length: int) -> np.ndarray:
+    """Rough-road vertical noise, now and then with a single bump."""
     rough = rng.normal(0.0, rng.uniform(0.02, 0.05), length + 1)
     vibration = 0.5 * (rough[1:] + rough[:-1])
     if rng.random() < 0.3:
@@ -323,6 +346,7 @@ def make_kinematics(
 
 
 def _add_hard_brake(rng: np.random.Generator, series: np.ndarray, t: np.ndarray, difficulty: float) -> None:
+    """A deep longitudinal deceleration pulse, sometimes with a lateral swerve."""
     onset, duration = rng.uniform(0.1, 0.6), rng.uniform(0.15, 0.35)
     pulse = _plateau(t, onset, duration)
     depth = rng.uniform(_lerp(0.40, 0.15, difficulty), _lerp(0.80, 0.35, difficulty))
@@ -355,6 +379,7 @@ def _balanced_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.n
 
 
 def _clip(spec: _Spec, label: int, seed: np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+    """One clip's video and kinematics, each from its own random stream."""
     video_rng, kine_rng = (np.random.default_rng(s) for s in seed.spawn(2))
     if spec.kind == "noise":
         video_shape = (3, spec.num_frames, spec.height, spec.width)
@@ -438,8 +463,10 @@ def generate_toy_data(
     train and val, with suffix `fmt`.  Videos are generated and written clip
     by clip.  The same arguments always give byte-identical files.
     """
-    sizes = dict(n_train=n_train, n_val=n_val, num_frames=num_frames, height=height, width=width,
-                 kine_len=kine_len, num_channels=num_channels)
+    sizes = dict(
+        n_train=n_train, n_val=n_val, num_frames=num_frames, height=height, width=width,
+        kine_len=kine_len, num_channels=num_channels,
+    )
     _validate(kind, fmt, num_classes, difficulty, sizes)
     spec = _Spec(kind, num_frames, height, width, kine_len, num_channels, num_classes, float(difficulty))
     out = Path(out_dir)
