@@ -13,7 +13,6 @@ import pickle
 import pickletools
 import struct
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

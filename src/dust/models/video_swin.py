@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.video.swin_transformer import PatchEmbed3d, SwinTransformer3d
 

@@ -249,7 +249,7 @@ def extract_features(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     transform = VideoTransform(**ckpt.meta.get("video_transform", {}))
-    for source, target in zip(inputs, outputs):
+    for source, target in zip(inputs, outputs, strict=True):
         video = _read(source, 5, "video")
         loader = DataLoader(ArrayRows([video], [transform]), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers)
