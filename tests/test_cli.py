@@ -1,0 +1,39 @@
+"""Command-line basics: presets listing, flag spellings, usage errors."""
+
+from __future__ import annotations
+
+import yaml
+
+from dust.cli import main
+from dust.models import list_presets
+
+
+def test_presets_table_lists_every_preset_with_its_size(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "87,643,084" in out  # the paper video model for 4 classes
+    for branch, entries in list_presets().items():
+        for name in entries:
+            assert any(line.split()[:2] == [branch, name] for line in out.splitlines()), (branch, name)
+
+
+def test_presets_yaml_is_the_preset_table(capsys):
+    assert main(["presets", "--format", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == list_presets()
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    try:
+        code = main(["train-ts", "--no_such_flag"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+
+
+def test_missing_input_file_is_one_clear_line(tmp_path, capsys):
+    code = main(["train-ts", "--path_kine_train", str(tmp_path / "nope.npy"), "--outpath", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.npy" in err
+    assert not (tmp_path / "o").exists()
