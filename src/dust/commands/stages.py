@@ -30,6 +30,11 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(parser, "num_workers", type=int, default=0, help="data-loading processes (default: %(default)s)")
     add_flag(parser, "outpath", default=outpath, help="checkpoint folder (default: %(default)s)")
     add_flag(parser, "logpath", default="./logs/", help="history and log folder (default: %(default)s)")
+    add_flag(parser, "schedule", choices=["constant", "cosine"], default="constant",
+             help="learning-rate schedule: constant, or cosine decay after a linear warm-up (default: %(default)s)")
+    add_flag(parser, "warmup_epochs", type=float, default=0.0, help="warm-up epochs for --schedule cosine")
+    add_flag(parser, "class_weights", default=None,
+             help="loss weights per class: 'auto' (inverse frequency), or comma-separated numbers")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
 
 
@@ -43,7 +48,8 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         outpath=Path(args.outpath), logpath=Path(args.logpath), batch_size=args.batch_size,
         num_epochs=args.num_epochs, lr=args.lr, seed=args.seed, print_every=args.print_every,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, num_classes=args.num_classes,
-        num_workers=args.num_workers, progress=not args.no_progress,
+        num_workers=args.num_workers, progress=not args.no_progress, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, class_weights=args.class_weights,
     )
 
 
@@ -137,6 +143,7 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
     _common(parser, batch_size=2000, num_epochs=200, lr=3e-4, print_every=1, outpath="./saved_models/step_1d/")
     _kinematics(parser, 51, 3)
     add_flag(parser, "model_preset", default="paper", help="time-series preset (default: %(default)s)")
+    add_flag(parser, "augment", action="store_true", help="random scaling, time shift and jitter of training series")
 
 
 @register("train-ts", "Stage 2: train the time-series (1-D Swin) classifier")(train_ts_args)
@@ -145,6 +152,7 @@ def train_ts_command(args: argparse.Namespace) -> StageResult:
         _settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
+        augment=args.augment,
     )
     report("time series (stage 2)", result)
     return result

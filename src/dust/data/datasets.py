@@ -21,10 +21,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ArrayRows",
+    "Compose",
+    "SeriesAugment",
     "SeriesTransform",
     "VideoTransform",
     "as_float32",
     "check_labels",
+    "inverse_frequency_weights",
     "check_rows",
 ]
 
@@ -100,6 +103,45 @@ def as_float32(row: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(row, dtype=np.float32))
 
 
+@dataclass
+class SeriesAugment:
+    """Random training-time changes to a standardised series ``(C, L)``.
+
+    Each channel is scaled by ``N(1, scale)``, shifted in time by up to ``shift * L`` steps
+    (edges repeated) and given Gaussian ``jitter``. Draws from torch's generator, so
+    ``--seed`` makes it repeatable.
+    """
+
+    jitter: float = 0.03
+    scale: float = 0.1
+    shift: float = 0.1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        channels, length = x.shape
+        if self.scale:
+            x = x * (1 + self.scale * torch.randn(channels, 1))
+        max_shift = int(self.shift * length)
+        if max_shift:
+            offset = int(torch.randint(-max_shift, max_shift + 1, ()))
+            index = (torch.arange(length) - offset).clamp(0, length - 1)
+            x = x[:, index]
+        if self.jitter:
+            x = x + self.jitter * torch.randn_like(x)
+        return x
+
+
+class Compose:
+    """Apply callables in order (picklable, for data-loading processes)."""
+
+    def __init__(self, *steps: Callable) -> None:
+        self.steps = steps
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
 class ArrayRows(Dataset):
     """Row i of several equally long arrays, each through its transform, plus label i if given."""
 
@@ -130,6 +172,13 @@ def check_rows(named: dict[str, np.ndarray]) -> int:
         listed = ", ".join(f"{name} has {n}" for name, n in counts.items())
         raise InputError(f"row counts differ: {listed}")
     return next(iter(counts.values()))
+
+
+def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> list[float]:
+    """Per-class loss weights ``N / (K * n_c)`` (1 for classes absent from ``labels``)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
+    return weights.tolist()
 
 
 def check_labels(path: str, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..atomic import write_json
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.arrays import ArrayFileError, load_array, save_array
-from ..data.datasets import ArrayRows, as_float32, SeriesTransform, VideoTransform, check_labels, check_rows
+from ..data.datasets import ArrayRows, Compose, SeriesAugment, as_float32, inverse_frequency_weights, SeriesTransform, VideoTransform, check_labels, check_rows
 from ..errors import InputError
 from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
 from .recorder import StageRecorder
@@ -50,6 +50,10 @@ class TrainSettings:
     num_classes: int = 4
     num_workers: int = 0
     progress: bool = True
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    class_weights: str | None = None
+    """``"auto"`` (inverse class frequency in the training labels), comma-separated weights, or None."""
 
 
 @dataclass
@@ -101,8 +105,25 @@ def _prepare(settings: TrainSettings) -> None:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
     if settings.lr <= 0:
         raise InputError(f"--lr must be positive, got {settings.lr}")
+    if settings.schedule not in ("constant", "cosine"):
+        raise InputError(f"--schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
     _quiet_lightning()
     L.seed_everything(settings.seed, workers=True, verbose=False)
+
+
+def _class_weights(settings: TrainSettings, labels: torch.Tensor) -> list[float] | None:
+    spec = settings.class_weights
+    if spec in (None, "", "none"):
+        return None
+    if spec == "auto":
+        return inverse_frequency_weights(labels.numpy(), settings.num_classes)
+    try:
+        weights = [float(w) for w in str(spec).split(",")]
+    except ValueError:
+        raise InputError(f"--class_weights must be 'auto', 'none' or {settings.num_classes} numbers, got {spec!r}") from None
+    if len(weights) != settings.num_classes or min(weights) < 0:
+        raise InputError(f"--class_weights needs {settings.num_classes} non-negative numbers, got {spec!r}")
+    return weights
 
 
 def _loader(dataset: ArrayRows, settings: TrainSettings, shuffle: bool) -> DataLoader:
@@ -115,7 +136,8 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
          settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
     """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs."""
     start = time.perf_counter()
-    task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing)
+    task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
+                          _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
                              {**meta, "num_classes": settings.num_classes, "stage": name})
     trainer = L.Trainer(
@@ -200,8 +222,12 @@ def train_ts(
     model_preset: str = "paper",
     num_frames: int | None = None,
     num_channels: int | None = None,
+    augment: bool = False,
 ) -> StageResult:
-    """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series."""
+    """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
+
+    ``augment`` adds random scaling, time shift and jitter to training series (:class:`SeriesAugment`).
+    """
     _prepare(settings)
     (train, val), (labels_train, labels_val) = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
@@ -210,7 +236,8 @@ def train_ts(
     model = TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
                                        num_classes=settings.num_classes)
     meta = {"series_transform": transform.to_dict()}
-    return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [transform], labels_train),
+    train_transform = Compose(transform, SeriesAugment()) if augment else transform
+    return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [train_transform], labels_train),
                 ArrayRows([val], [transform], labels_val), settings, model_preset, meta)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-__all__ = ["ClassifierTask", "parameter_groups"]
+__all__ = ["ClassifierTask", "parameter_groups", "warmup_cosine"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -21,6 +23,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 class ClassifierTask(L.LightningModule):
     """Train ``model`` with cross-entropy on batches ``(*inputs, labels)``; validate loss, accuracy, macro-F1.
 
@@ -30,7 +40,9 @@ class ClassifierTask(L.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (never on biases, norms or bias tables).
         label_smoothing: cross-entropy label smoothing.
-        class_weights: optional per-class loss weights.
+        class_weights: optional per-class loss weights (the validation loss stays unweighted).
+        schedule: ``"constant"`` or ``"cosine"`` (per-step cosine decay after a linear warm-up).
+        warmup_epochs: warm-up length for ``"cosine"``, in epochs (fractions allowed).
     """
 
     def __init__(
@@ -41,6 +53,8 @@ class ClassifierTask(L.LightningModule):
         weight_decay: float = 0.05,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        schedule: str = "constant",
+        warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -86,6 +100,13 @@ class ClassifierTask(L.LightningModule):
         self.val_accuracy.reset()
         self.val_f1.reset()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         groups = parameter_groups(self.model, self.hparams.weight_decay)
-        return torch.optim.AdamW(groups, lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        if self.hparams.schedule == "constant":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        warmup = int(round(self.hparams.warmup_epochs * per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
