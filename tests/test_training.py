@@ -22,7 +22,7 @@ def test_warmup_then_cosine():
 def test_inverse_frequency_weights():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
     weights = inverse_frequency_weights(labels, 4)
-    assert weights[:3] == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert weights[:3] == pytest.approx([10 / 24, 10 / 12, 10 / 4])
     assert weights[3] == 1.0  # absent class
 
 
