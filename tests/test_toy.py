@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,9 @@ def test_files_shapes_and_dtypes(tmp_path: Path) -> None:
     paths = generate_toy_data(tmp_path, n_train=5, n_val=3, num_frames=4, height=20, width=24,
                               kine_len=9, num_channels=4, progress=False)
     assert list(paths) == NAMES
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.pkl" for name in NAMES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{name}.pkl" for name in NAMES] + ["classes.json"])
+    assert json.loads((tmp_path / "classes.json").read_text()) == {"classes": ["baseline", "braking", "conflict",
+                                                                               "near_crash"]}
     expected = {
         "video_train": ((5, 3, 4, 20, 24), np.uint8),
         "video_val": ((3, 3, 4, 20, 24), np.uint8),

@@ -26,7 +26,8 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
              help="validate and save a checkpoint every N epochs (default: %(default)s)")
     add_flag(parser, "weight_decay", type=float, default=0.05, help="AdamW weight decay (default: %(default)s)")
     add_flag(parser, "label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    add_flag(parser, "num_classes", type=int, default=4, help="classes (default: %(default)s)")
+    add_flag(parser, "num_classes", type=int, default=None,
+             help="classes (default: as many as classes.json beside the training labels names, else largest label + 1)")
     add_flag(parser, "num_workers", type=int, default=0, help="data-loading processes (default: %(default)s)")
     add_flag(parser, "outpath", default=outpath, help="checkpoint folder (default: %(default)s)")
     add_flag(parser, "logpath", default="./logs/", help="history and log folder (default: %(default)s)")

@@ -24,12 +24,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import write_json
 from .arrays import ArrayWriter, save_array
 
 __all__ = ["generate_toy_data", "make_kinematics", "render_video"]
 
 KINDS = ("scenario", "noise")
 FORMATS = ("pkl", "npy", "npz")
+CLASS_NAMES = ["baseline", "braking", "conflict", "near_crash"]
+"""Names of the scenario classes by index: ``brake + 2 * conflict``."""
 SPLITS = ("train", "val")
 SCENARIO_CLASSES = 4
 
@@ -460,7 +463,7 @@ def generate_toy_data(
 
     Files: ``video_{split}`` (uint8, (N, 3, T, H, W)), ``kine_{split}``
     (float32, (N, C, L)) and ``label_{split}`` (int64, (N,)) for the splits
-    train and val, with suffix `fmt`.  Videos are generated and written clip
+    train and val, with suffix `fmt`, and ``classes.json`` naming the classes.  Videos are generated and written clip
     by clip.  The same arguments always give byte-identical files.
     """
     sizes = dict(
@@ -475,4 +478,6 @@ def generate_toy_data(
     for split, n, split_seed in zip(SPLITS, (n_train, n_val), split_seeds):
         written.update(_write_split(out, split, n, spec, fmt, split_seed, progress))
     order = [f"{name}_{split}" for name in ("video", "kine", "label") for split in SPLITS]
+    names = CLASS_NAMES if kind == "scenario" else [str(i) for i in range(num_classes)]
+    write_json(out / "classes.json", {"classes": names})
     return {name: written[name] for name in order}

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +23,17 @@ from tqdm import tqdm
 from ..atomic import write_json
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.arrays import ArrayFileError, load_array, save_array
-from ..data.datasets import ArrayRows, Compose, SeriesAugment, as_float32, inverse_frequency_weights, SeriesTransform, VideoTransform, check_labels, check_rows
+from ..data.datasets import (
+    ArrayRows,
+    Compose,
+    SeriesAugment,
+    SeriesTransform,
+    VideoTransform,
+    as_float32,
+    check_labels,
+    check_rows,
+    inverse_frequency_weights,
+)
 from ..errors import InputError
 from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
 from .recorder import StageRecorder
@@ -47,7 +57,10 @@ class TrainSettings:
     print_every: int = 3
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
-    num_classes: int = 4
+    num_classes: int | None = None
+    """Classes; None: as many as ``classes.json`` beside the training labels names, else the largest label + 1."""
+    class_names: list[str] | None = None
+    """Names by class index; None: from ``classes.json`` beside the training labels, else "0", "1", ..."""
     num_workers: int = 0
     progress: bool = True
     schedule: str = "constant"
@@ -91,17 +104,37 @@ def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
     return array
 
 
-def _read_labels(path: str | Path, num_classes: int) -> np.ndarray:
+def _read_labels(path: str | Path) -> np.ndarray:
     try:
-        return check_labels(str(path), load_array(path, mmap=False), num_classes)
+        return check_labels(str(path), load_array(path, mmap=False), num_classes=2**62)
     except ArrayFileError as err:
         raise InputError(str(err)) from None
+
+
+def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], labels: Sequence[np.ndarray]) -> TrainSettings:
+    """Settle the class count and names (see :class:`TrainSettings`) and check every label against them."""
+    names = settings.class_names
+    classes_file = Path(label_paths[0]).parent / "classes.json"
+    if names is None and classes_file.is_file():
+        try:
+            names = [str(n) for n in json.loads(classes_file.read_text())["classes"]]
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{classes_file}: expected {{\"classes\": [names in index order]}}") from None
+    count = settings.num_classes or (len(names) if names else 1 + max(int(a.max()) for a in labels if a.size))
+    if names is None:
+        names = [str(i) for i in range(count)]
+    if len(names) != count:
+        raise InputError(f"{classes_file if classes_file.is_file() else '--class_names'}: {len(names)} class names "
+                         f"but --num_classes is {count}")
+    for path, array in zip(label_paths, labels):
+        check_labels(str(path), array, count)
+    return replace(settings, num_classes=count, class_names=names)
 
 
 def _prepare(settings: TrainSettings) -> None:
     """Check the shared settings and seed every generator (before any model is built)."""
     for name in ("batch_size", "num_epochs", "print_every", "num_classes"):
-        if getattr(settings, name) < 1:
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
     if settings.lr <= 0:
         raise InputError(f"--lr must be positive, got {settings.lr}")
@@ -139,7 +172,8 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
                           _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
-                             {**meta, "num_classes": settings.num_classes, "stage": name})
+                             {**meta, "num_classes": settings.num_classes, "class_names": settings.class_names,
+                              "stage": name})
     trainer = L.Trainer(
         max_epochs=settings.num_epochs,
         check_val_every_n_epoch=settings.print_every,
@@ -179,8 +213,9 @@ def train_video(
     _prepare(settings)
     video_train = _read(path_video_train, 5, "video")
     video_val = _read(path_video_val, 5, "video")
-    labels_train = _read_labels(path_label_train, settings.num_classes)
-    labels_val = _read_labels(path_label_val, settings.num_classes)
+    labels_train = _read_labels(path_label_train)
+    labels_val = _read_labels(path_label_val)
+    settings = _resolve_classes(settings, [path_label_train, path_label_val], [labels_train, labels_val])
     check_rows({str(path_video_train): video_train, str(path_label_train): labels_train})
     check_rows({str(path_video_val): video_val, str(path_label_val): labels_val})
     if video_train.shape[1:] != video_val.shape[1:]:
@@ -200,16 +235,18 @@ def train_video(
                 ArrayRows([video_val], [transform], labels_val), settings, model_preset, meta)
 
 
-def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequence[Path], num_channels: int | None):
+def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequence[Path], num_channels: int | None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], TrainSettings]:
+    """Training and validation series with their labels, checked; and the settings with classes settled."""
     arrays = [_read(p, 3, "kinematics") for p in paths]
-    label_arrays = [_read_labels(p, settings.num_classes) for p in labels]
+    label_arrays = [_read_labels(p) for p in labels]
     for path, array, lpath, larray in zip(paths, arrays, labels, label_arrays):
         check_rows({str(path): array, str(lpath): larray})
         if num_channels is not None and array.shape[1] != num_channels:
             raise InputError(f"{path}: series have {array.shape[1]} channels, --num_channels says {num_channels}")
     if arrays[0].shape[1] != arrays[1].shape[1]:
         raise InputError(f"{paths[1]}: {arrays[1].shape[1]} channels, training series have {arrays[0].shape[1]}")
-    return arrays, label_arrays
+    return arrays, label_arrays, _resolve_classes(settings, labels, label_arrays)
 
 
 def train_ts(
@@ -229,7 +266,7 @@ def train_ts(
     ``augment`` adds random scaling, time shift and jitter to training series (:class:`SeriesAugment`).
     """
     _prepare(settings)
-    (train, val), (labels_train, labels_val) = _series_pair(
+    (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
     transform = SeriesTransform.fit(train, length=length)
@@ -325,7 +362,7 @@ def train_fusion(
     if num_frames is not None and num_frames != ckpt.config["seq_len"]:
         raise InputError(f"{ts_checkpoint}: trained on series of length {ckpt.config['seq_len']}, "
                          f"--num_frames says {num_frames}")
-    (train, val), (labels_train, labels_val) = _series_pair(
+    (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     if train.shape[1] != ckpt.config["in_chans"]:
         raise InputError(f"{path_kine_train}: {train.shape[1]} channels, {ts_checkpoint} was trained on "
