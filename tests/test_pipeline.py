@@ -216,3 +216,34 @@ def test_run_all_stages_with_config(tmp_path, capsys):
 def test_run_rejects_flags_no_stage_takes(tmp_path, capsys):
     assert main(["run", "--workdir", str(tmp_path), "--no_such_flag", "1"]) == 2
     assert "no stage takes --no_such_flag" in capsys.readouterr().err
+
+
+def test_evaluate_compares_modalities(trained, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", "--run", str(trained), "--out", str(out), "--no_progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]) == {"video", "timeseries", "fusion"}
+    fusion = report["models"]["fusion"]
+    assert fusion["class_names"] == ["baseline", "braking", "conflict", "near_crash"]
+    assert sum(fusion["support"]) == 4 and np.asarray(fusion["confusion"]).sum() == 4
+    for name in ("confusion_video", "confusion_fusion", "curves_step_3d", "curves_step_fusion"):
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
+    assert "macro-F1" in capsys.readouterr().out
+
+
+def test_predictor_on_arrays_matches_evaluation(trained):
+    from dust import Predictor
+
+    predictor = Predictor.from_run(trained)
+    video = load_array(trained / "data" / "video_val.npy")
+    kine = load_array(trained / "data" / "kine_val.npy")
+    proba = predictor.predict_proba(video, kine)
+    assert proba.shape == (4, 4) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    single = predictor.predict_proba(video[0], kine[0])
+    np.testing.assert_allclose(single[0], proba[0], atol=1e-5)
+    assert predictor.predict(video, kine)[0] in predictor.class_names
+
+
+def test_predictor_refuses_unfinished_run(tmp_path, capsys):
+    assert main(["predict", "--run", str(tmp_path), "--video", "a.mp4", "--kinematics", "a.csv"]) == 2
+    assert "not a finished DuST run" in capsys.readouterr().err

@@ -22,6 +22,8 @@ def run_args(parser: argparse.ArgumentParser) -> None:
              help="folder holding data/ logs/ saved_models/ video_features/ and run_summary.json (default: .)")
     add_flag(parser, "stages", default=",".join(STAGES),
              help="comma-separated stages to run, in order (default: all)")
+    add_flag(parser, "prepared", default=None,
+             help="train on the output of `dust prepare` in this folder instead of generating toy data")
     parser.epilog = ("Any other flag is passed to every stage that has it, e.g. --seed 1 or --num_epochs 2. "
                      "A --config file may hold top-level settings and one section per stage (train_video: ...).")
 
@@ -60,6 +62,34 @@ def _link(name: str, args: argparse.Namespace, done: dict[str, Any], ran: dict[s
             args.path_feature_train, args.path_feature_val = feats.path_feature_train, feats.path_feature_val
 
 
+PREPARED_FLAGS = {"path_video_train": "video_train", "path_video_val": "video_val", "path_kine_train": "kine_train",
+                  "path_kine_val": "kine_val", "path_label_train": "label_train", "path_label_val": "label_val"}
+
+
+def _use_prepared(args: argparse.Namespace, prepared: Path) -> None:
+    """Point a stage's data flags at the arrays of a ``dust prepare`` folder."""
+    for dest, stem in PREPARED_FLAGS.items():
+        if hasattr(args, dest):
+            setattr(args, dest, str(prepared / f"{stem}.npy"))
+
+
+def _data_record(ran: dict[str, argparse.Namespace], prepared: Path | None) -> dict[str, dict[str, str]]:
+    """Which files each split used, for ``dust evaluate``."""
+    data: dict[str, dict[str, str]] = {}
+    for split in ("train", "val"):
+        files = {}
+        if "train-video" in ran:
+            files["video"] = getattr(ran["train-video"], f"path_video_{split}")
+        for stage in ("train-ts", "train-fusion"):
+            if stage in ran:
+                files["kine"] = getattr(ran[stage], f"path_kine_{split}")
+                files["label"] = getattr(ran[stage], f"path_label_{split}")
+        data[split] = {k: str(Path(v).resolve()) for k, v in files.items()}
+    if prepared is not None and (prepared / "video_test.npy").is_file():
+        data["test"] = {k: str((prepared / f"{k}_test.npy").resolve()) for k in ("video", "kine", "label")}
+    return data
+
+
 def _check_config(path: str) -> None:
     """Every top-level setting and section of a run config must mean something to some stage."""
     known = {a.dest for p in PARSERS.values() for a in p._actions}
@@ -86,6 +116,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
     if args.config:
         _check_config(args.config)
+    prepared = Path(args.prepared) if args.prepared else None
+    if prepared is not None:
+        if not (prepared / "video_train.npy").is_file():
+            raise InputError(f"{prepared}: not a `dust prepare` output (video_train.npy is missing)")
+        stages = [s for s in stages if s != "gen-data"]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     parsed = {name: _stage_args(name, args.config, args.extra, workdir) for name in stages}
@@ -99,6 +134,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
     for name in stages:
         stage_args = parsed[name][0]
+        if prepared is not None:
+            _use_prepared(stage_args, prepared)
         _link(name, stage_args, done, ran)
         print(f"\n== {name} ==", flush=True)
         done[name] = stage_args._run(stage_args)
@@ -108,4 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     print_summary(summary)
     print(f"total {time.perf_counter() - start:.1f} s; summary in {workdir / 'run_summary.json'}")
     write_json(workdir / "run_summary.json", summary)
+    write_json(workdir / "run.json", {
+        "stages": {name: {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "extra"}
+                   for name, a in ran.items()},
+        "data": _data_record(ran, prepared),
+    })
     return summary

@@ -111,6 +111,17 @@ def _read_labels(path: str | Path) -> np.ndarray:
         raise InputError(str(err)) from None
 
 
+def _ingest_settings(data_path: Path) -> dict[str, Any] | None:
+    """How ``dust prepare`` made the arrays beside ``data_path`` (its ``prepare.json``), if it did."""
+    record = Path(data_path).parent / "prepare.json"
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except ValueError:
+        raise InputError(f"{record}: not valid JSON") from None
+
+
 def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], labels: Sequence[np.ndarray]) -> TrainSettings:
     """Settle the class count and names (see :class:`TrainSettings`) and check every label against them."""
     names = settings.class_names
@@ -230,7 +241,8 @@ def train_video(
     if init_weights is not None:
         loader = load_kinetics400 if init_kind == "kinetics400" else load_imagenet_2d
         log.warning("initialised from %s: %s", init_weights, loader(model, init_weights))
-    meta = {"video_transform": transform.to_dict(), "input_dtype": str(video_train.dtype)}
+    meta = {"video_transform": transform.to_dict(), "input_dtype": str(video_train.dtype),
+            "ingest": _ingest_settings(path_video_train)}
     return _fit("step_3d", "final_3d.pth", model, ArrayRows([video_train], [transform], labels_train),
                 ArrayRows([video_val], [transform], labels_val), settings, model_preset, meta)
 
@@ -272,7 +284,7 @@ def train_ts(
     transform = SeriesTransform.fit(train, length=length)
     model = TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
                                        num_classes=settings.num_classes)
-    meta = {"series_transform": transform.to_dict()}
+    meta = {"series_transform": transform.to_dict(), "ingest": _ingest_settings(path_kine_train)}
     train_transform = Compose(transform, SeriesAugment()) if augment else transform
     return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [train_transform], labels_train),
                 ArrayRows([val], [transform], labels_val), settings, model_preset, meta)
@@ -378,7 +390,8 @@ def train_fusion(
         load_ts_backbone(model, ckpt.state_dict)
     except Exception as err:
         raise InputError(f"{ts_checkpoint}: {err}") from None
-    meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint)}
+    meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint),
+            "ingest": _ingest_settings(path_kine_train)}
     return _fit("step_fusion", "final_fusion.pth", model,
                 ArrayRows([train, feats_train], [transform, as_float32], labels_train),
                 ArrayRows([val, feats_val], [transform, as_float32], labels_val), settings, ckpt.preset, meta)

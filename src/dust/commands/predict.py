@@ -1,0 +1,104 @@
+"""``dust predict`` and ``dust evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..atomic import write_text
+from ..cli import add_flag, register
+from ..errors import InputError
+
+
+def predict_args(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "run", default=None, help="folder of a finished `dust run` (its stage-1 and stage-4 checkpoints)")
+    add_flag(parser, "video_checkpoint", default=None, help="stage-1 video checkpoint (instead of --run)")
+    add_flag(parser, "fusion_checkpoint", default=None, help="stage-4 fusion checkpoint (instead of --run)")
+    add_flag(parser, "video", default=None, help="one video file")
+    add_flag(parser, "kinematics", default=None, help="its kinematics CSV")
+    add_flag(parser, "manifest", default=None,
+             help="CSV with columns video, kinematics and optional id, start, end (paths relative to it)")
+    add_flag(parser, "out", default="-", help="output file (default: standard output)")
+    add_flag(parser, "format", choices=["csv", "json"], default="csv", help="output format (default: %(default)s)")
+    add_flag(parser, "device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+
+
+def _manifest_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if not rows or not {"video", "kinematics"} <= set(rows[0]):
+        raise InputError(f"{path}: a manifest needs the columns video and kinematics")
+    out = []
+    for number, row in enumerate(rows, start=1):
+        entry = {"id": row.get("id") or str(number), "video": path.parent / row["video"],
+                 "kinematics": path.parent / row["kinematics"]}
+        for key in ("start", "end"):
+            try:
+                entry[key] = float(row[key]) if row.get(key) not in (None, "") else None
+            except ValueError:
+                raise InputError(f"{path}: row {number}: {key} {row[key]!r} is not a number") from None
+        out.append(entry)
+    return out
+
+
+def _format(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id", "prediction"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@register("predict", "Predict the class of new clips (video file + kinematics CSV) with a trained run")(predict_args)
+def predict(args: argparse.Namespace) -> None:
+    from ..predict import Predictor
+
+    if args.run:
+        predictor = Predictor.from_run(args.run, device=args.device)
+    elif args.video_checkpoint and args.fusion_checkpoint:
+        predictor = Predictor.from_checkpoints(args.video_checkpoint, args.fusion_checkpoint, device=args.device)
+    else:
+        raise InputError("give --run RUN_DIR, or both --video_checkpoint and --fusion_checkpoint")
+    if args.manifest:
+        rows = _manifest_rows(Path(args.manifest))
+    elif args.video and args.kinematics:
+        rows = [{"id": Path(args.video).stem, "video": Path(args.video), "kinematics": Path(args.kinematics)}]
+    else:
+        raise InputError("give --video and --kinematics, or --manifest")
+    for row in rows:
+        for key in ("video", "kinematics"):
+            if not Path(row[key]).is_file():
+                raise InputError(f"{row[key]}: no such file (clip {row['id']})")
+    text = _format(predictor.predict_rows(rows), args.format)
+    if args.out == "-":
+        print(text, end="")
+    else:
+        write_text(args.out, text)
+        print(f"wrote {len(rows)} prediction(s) to {args.out}")
+
+
+def evaluate_args(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "run", required=True, help="folder of a finished `dust run`")
+    add_flag(parser, "split", choices=["val", "test"], default="val", help="labelled split (default: %(default)s)")
+    add_flag(parser, "out", default=None, help="report folder (default: RUN/report_SPLIT)")
+    add_flag(parser, "batch_size", type=int, default=16, help="clips per batch (default: %(default)s)")
+    add_flag(parser, "no_progress", action="store_true", help="no progress bars")
+
+
+@register("evaluate", "Metrics of a run's video-only, time-series-only and fused models on a split")(evaluate_args)
+def evaluate(args: argparse.Namespace) -> None:
+    from ..evaluation.evaluate import comparison_table, evaluate_run
+
+    out = Path(args.out) if args.out else Path(args.run) / f"report_{args.split}"
+    reports = evaluate_run(args.run, args.split, out, batch_size=args.batch_size, progress=not args.no_progress)
+    for name, report in reports.items():
+        print(f"\n{name}\n{report.table()}")
+    print(f"\n{comparison_table(reports)}\n\nreport: {out / 'report.json'} and PNGs in {out}")

@@ -1,0 +1,120 @@
+"""Evaluate a finished run on a labelled split: video-only, time-series-only and fused, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..atomic import write_json
+from ..checkpoint import load_checkpoint
+from ..data.arrays import ArrayFileError, load_array
+from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_labels
+from ..errors import InputError
+from .metrics import ClassificationReport, classification_report
+
+__all__ = ["comparison_table", "evaluate_run", "split_files"]
+
+MODALITIES = {"video": "step_3d/final_3d.pth", "timeseries": "step_1d/final_1d.pth",
+              "fusion": "step_fusion/final_fusion.pth"}
+
+
+def split_files(run_dir: Path, split: str) -> dict[str, Path]:
+    """The video, kinematics and label files of ``split`` used by the run in ``run_dir``.
+
+    Read from the run's ``run.json``; a folder laid out by hand (the seed's ``data/``) works too.
+    """
+    record = run_dir / "run.json"
+    if record.is_file():
+        files = json.loads(record.read_text()).get("data", {}).get(split)
+        if not files:
+            raise InputError(f"{record}: the run has no {split} split")
+        return {k: Path(v) for k, v in files.items()}
+    for suffix in (".npy", ".pkl", ".npz"):
+        files = {k: run_dir / "data" / f"{k}_{split}{suffix}" for k in ("video", "kine", "label")}
+        if all(p.is_file() for p in files.values()):
+            return files
+    raise InputError(f"{run_dir}: no run.json and no data/{{video,kine,label}}_{split} files")
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        return load_array(path)
+    except ArrayFileError as err:
+        raise InputError(str(err)) from None
+
+
+@torch.inference_mode()
+def _batched(model_fn, dataset: ArrayRows, batch_size: int, desc: str, progress: bool) -> np.ndarray:
+    rows = []
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc=desc, disable=not progress, leave=False):
+        rows.append(model_fn(*batch).float().cpu().numpy())
+    return np.concatenate(rows)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None = None, batch_size: int = 16,
+                 progress: bool = True) -> dict[str, ClassificationReport]:
+    """Metrics of the run's video-only, time-series-only and fused models on ``split``.
+
+    With ``out``, writes ``report.json`` and PNGs (confusion matrices, training curves) there.
+    """
+    run_dir = Path(run_dir)
+    models_dir = run_dir / "saved_models"
+    ckpts = {}
+    for name, rel in MODALITIES.items():
+        try:
+            ckpts[name] = load_checkpoint(models_dir / rel)
+        except Exception as err:
+            raise InputError(str(err)) from None
+    files = split_files(run_dir, split)
+    video, kine = _load(files["video"]), _load(files["kine"])
+    class_names = ckpts["fusion"].meta.get("class_names") or [str(i) for i in range(ckpts["fusion"].config["num_classes"])]
+    labels = check_labels(str(files["label"]), np.asarray(_load(files["label"])), len(class_names))
+    if not len(video) == len(kine) == len(labels):
+        raise InputError(f"{split} split: {len(video)} clips, {len(kine)} series and {len(labels)} labels")
+
+    video_model = ckpts["video"].build()
+    video_transform = VideoTransform(**ckpts["video"].meta["video_transform"])
+    features = _batched(video_model.forward_features, ArrayRows([video], [video_transform]), batch_size,
+                        "video", progress)
+    with torch.inference_mode():
+        video_logits = video_model.forward_head(torch.from_numpy(features)).numpy()
+    ts_model = ckpts["timeseries"].build()
+    ts_logits = _batched(ts_model, ArrayRows([kine], [SeriesTransform(**ckpts["timeseries"].meta["series_transform"])]),
+                         batch_size, "time series", progress)
+    fusion_model = ckpts["fusion"].build()
+    fusion_transform = SeriesTransform(**ckpts["fusion"].meta["series_transform"])
+    fused_logits = _batched(fusion_model, ArrayRows([kine, features], [fusion_transform, as_float32]),
+                            batch_size, "fusion", progress)
+
+    reports = {name: classification_report(labels, logits.argmax(axis=1), class_names)
+               for name, logits in (("video", video_logits), ("timeseries", ts_logits), ("fusion", fused_logits))}
+    if out is not None:
+        _write(Path(out), run_dir, split, files, reports)
+    return reports
+
+
+def comparison_table(reports: dict[str, ClassificationReport]) -> str:
+    """Modalities side by side: accuracy and macro-F1."""
+    lines = [f"{'model':12} {'accuracy':>8} {'macro-F1':>9}"]
+    for name, report in reports.items():
+        lines.append(f"{name:12} {report.accuracy:>8.3f} {report.macro_f1:>9.3f}")
+    return "\n".join(lines)
+
+
+def _write(out: Path, run_dir: Path, split: str, files: dict[str, Path], reports: dict[str, ClassificationReport]) -> None:
+    from .plots import plot_confusion, plot_history
+
+    out.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"run": str(run_dir), "split": split, "files": {k: str(v) for k, v in files.items()},
+                               "models": {k: r.to_dict() for k, r in reports.items()}}
+    write_json(out / "report.json", payload)
+    for name, report in reports.items():
+        plot_confusion(report, out / f"confusion_{name}.png", title=f"{name} ({split})")
+    for history in sorted((run_dir / "logs").glob("step_*_history.json")):
+        plot_history(json.loads(history.read_text()), out / f"curves_{history.stem.removesuffix('_history')}.png")

@@ -1,0 +1,132 @@
+"""Predictions of a trained DuST (stage-1 video model + stage-4 fused model) for new clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .data.datasets import SeriesTransform, VideoTransform
+from .errors import InputError
+from .models import DuST, VideoSwin
+
+__all__ = ["Predictor", "run_checkpoints"]
+
+
+def run_checkpoints(run_dir: str | Path) -> tuple[Path, Path]:
+    """The stage-1 and stage-4 checkpoints of a ``dust run`` folder."""
+    run_dir = Path(run_dir)
+    video = run_dir / "saved_models" / "step_3d" / "final_3d.pth"
+    fusion = run_dir / "saved_models" / "step_fusion" / "final_fusion.pth"
+    for path in (video, fusion):
+        if not path.is_file():
+            raise InputError(f"{run_dir}: not a finished DuST run ({path.relative_to(run_dir)} is missing)")
+    return video, fusion
+
+
+class Predictor:
+    """Class probabilities for clips: video through the stage-1 model's features, then the fused model.
+
+    Preprocessing (clip size, normalisation, series standardisation, and, for files,
+    decoding settings) is read from the checkpoints, never from defaults.
+    """
+
+    def __init__(self, video_ckpt: Checkpoint, fusion_ckpt: Checkpoint, device: str | torch.device | None = None) -> None:
+        if video_ckpt.kind != "video" or fusion_ckpt.kind != "fusion":
+            raise InputError("a Predictor needs a video checkpoint (stage 1) and a fusion checkpoint (stage 4)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.video_model: VideoSwin = video_ckpt.build().to(self.device)  # type: ignore[assignment]
+        self.fusion_model: DuST = fusion_ckpt.build().to(self.device)  # type: ignore[assignment]
+        if self.fusion_model.video_feature_dim != self.video_model.feature_dim:
+            raise InputError(
+                f"{fusion_ckpt.meta.get('path')}: expects {self.fusion_model.video_feature_dim}-wide video features, "
+                f"{video_ckpt.meta.get('path')} gives {self.video_model.feature_dim}"
+            )
+        self.video_transform = VideoTransform(**video_ckpt.meta.get("video_transform", {}))
+        self.series_transform = SeriesTransform(**fusion_ckpt.meta.get("series_transform", {}))
+        self.class_names: list[str] = list(
+            fusion_ckpt.meta.get("class_names") or [str(i) for i in range(self.fusion_model.num_classes)]
+        )
+        self.video_ingest: dict[str, Any] = video_ckpt.meta.get("ingest") or {}
+        self.series_ingest: dict[str, Any] = fusion_ckpt.meta.get("ingest") or {}
+
+    @classmethod
+    def from_checkpoints(cls, video_checkpoint: str | Path, fusion_checkpoint: str | Path,
+                         device: str | torch.device | None = None) -> "Predictor":
+        """From a stage-1 video checkpoint and a stage-4 fusion checkpoint."""
+        try:
+            video = load_checkpoint(video_checkpoint, expect="video")
+            fusion = load_checkpoint(fusion_checkpoint, expect="fusion")
+        except Exception as err:
+            raise InputError(str(err)) from None
+        return cls(video, fusion, device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> "Predictor":
+        """From the folder of a finished ``dust run``."""
+        return cls.from_checkpoints(*run_checkpoints(run_dir), device=device)
+
+    # --- inputs ------------------------------------------------------------------
+
+    def read_video(self, path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
+        """Decode a video file as training did: ``(3, T, H, W)`` uint8."""
+        from .data.video_io import read_clip
+
+        t, h, w = self.video_ingest.get("num_frames"), self.video_ingest.get("height"), self.video_ingest.get("width")
+        if t is None:
+            t, h, w = self.video_transform.size or (None, None, None)
+        if t is None:
+            raise InputError("the video checkpoint records no clip size; pass decoded arrays instead of files")
+        return read_clip(path, int(t), int(h), int(w), resize=self.video_ingest.get("resize", "crop"),
+                         start=start, end=end)
+
+    def read_kinematics(self, path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
+        """Read a kinematics CSV as training did: ``(C, L)`` float32."""
+        from .data.kinematics_io import read_kinematics
+
+        length = self.series_ingest.get("kine_len") or self.fusion_model.backbone.config["seq_len"]
+        series, _ = read_kinematics(path, int(length), channels=self.series_ingest.get("channels"),
+                                    start=start, end=end)
+        return series
+
+    # --- prediction ----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_proba(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> np.ndarray:
+        """Probabilities ``(N, K)`` for clips ``(N, 3, T, H, W)`` (or one clip, or a video file) and their
+        series ``(N, C, L)`` (or one series, or a CSV file)."""
+        video = self.read_video(video) if isinstance(video, (str, Path)) else np.asarray(video)
+        kinematics = self.read_kinematics(kinematics) if isinstance(kinematics, (str, Path)) else np.asarray(kinematics)
+        if video.ndim == 4:
+            video = video[None]
+        if kinematics.ndim == 2:
+            kinematics = kinematics[None]
+        if video.ndim != 5 or kinematics.ndim != 3 or len(video) != len(kinematics):
+            raise InputError(f"expected clips (N, 3, T, H, W) and series (N, C, L) of equal N, "
+                             f"got {video.shape} and {kinematics.shape}")
+        clips = torch.stack([self.video_transform(c) for c in video]).to(self.device)
+        series = torch.stack([self.series_transform(s) for s in kinematics]).to(self.device)
+        features = self.video_model.forward_features(clips)
+        logits = self.fusion_model(series, features)
+        return logits.softmax(dim=-1).float().cpu().numpy()
+
+    def predict(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> list[str]:
+        """Predicted class names (see :meth:`predict_proba` for the inputs)."""
+        return [self.class_names[i] for i in self.predict_proba(video, kinematics).argmax(axis=1)]
+
+    def predict_rows(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One output row per input row (``id``, ``video``, ``kinematics``, optional ``start``/``end``):
+        ``id``, ``prediction`` and one probability per class."""
+        out = []
+        for row in rows:
+            start, end = row.get("start"), row.get("end")
+            video = self.read_video(row["video"], start, end)
+            series = self.read_kinematics(row["kinematics"], start, end)
+            proba = self.predict_proba(video, series)[0]
+            out.append({"id": row["id"], "prediction": self.class_names[int(proba.argmax())],
+                        **{f"p_{name}": float(p) for name, p in zip(self.class_names, proba)}})
+        return out
+
