@@ -57,7 +57,9 @@ def test_every_stage_writes_its_artefacts(trained):
             assert (trained / "saved_models" / folder / name).is_file(), (folder, name)
         history = json.loads((trained / "logs" / f"{folder}_history.json").read_text())
         assert history["history"] and history["best"]["epoch"] >= 1
-        assert set(history["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"}
+        assert set(history["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+                                              "val_count"}
+        assert all(row["val_count"] == 4 for row in history["history"])  # every validation clip, once
         assert (trained / "logs" / f"{folder}_history.csv").read_text().startswith("epoch,train_loss")
     assert len(json.loads((trained / "logs" / "step_1d_history.json").read_text())["history"]) == 3
     ckpt = load_checkpoint(trained / "saved_models" / "step_3d" / "final_3d.pth", expect="video")
@@ -146,7 +148,8 @@ def test_config_file_and_flag_override(trained, tmp_path):
             "--outpath", str(out), "--logpath", str(logs), "--no-progress"]
     assert _in(trained, argv) == 0
     assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 1
-    assert _in(trained, [*argv, "--num_epochs", "2"]) == 0
+    assert _in(trained, [*argv, "--num_epochs", "2"]) == 2  # a finished run is never silently replaced
+    assert _in(trained, [*argv, "--num_epochs", "2", "--overwrite"]) == 0
     assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 2
 
 

@@ -37,6 +37,17 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(parser, "class_weights", default=None,
              help="loss weights per class: 'auto' (inverse frequency), or comma-separated numbers")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
+    group = parser.add_argument_group("scale and faults (Lightning)")
+    add_flag(group, "accelerator", default="auto", help="cpu, gpu, ... (default: %(default)s)")
+    add_flag(group, "devices", default="1", help="devices per node: a count, auto, or a list like 0,1 (default: 1)")
+    add_flag(group, "num_nodes", type=int, default=1, help="machines (default: %(default)s)")
+    add_flag(group, "strategy", default="auto", help="auto, ddp, fsdp, ... (default: %(default)s)")
+    add_flag(group, "precision", default="32-true", help="32, bf16-mixed or 16-mixed (default: 32)")
+    add_flag(group, "accumulate_grad_batches", type=int, default=1, help="batches per optimizer step")
+    add_flag(group, "deterministic", action="store_true", help="PyTorch's deterministic algorithms (GPU runs)")
+    add_flag(group, "resume", action="store_true", help="continue the interrupted run in --outpath")
+    add_flag(group, "resume_from", default=None, help="continue from this Lightning checkpoint (.ckpt)")
+    add_flag(group, "overwrite", action="store_true", help="replace a finished run in --outpath")
 
 
 def _labels(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +61,10 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         num_epochs=args.num_epochs, lr=args.lr, seed=args.seed, print_every=args.print_every,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, num_classes=args.num_classes,
         num_workers=args.num_workers, progress=not args.no_progress, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, class_weights=args.class_weights,
+        warmup_epochs=args.warmup_epochs, class_weights=args.class_weights, accelerator=args.accelerator,
+        devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
+        accumulate_grad_batches=args.accumulate_grad_batches, deterministic=args.deterministic, resume=args.resume,
+        resume_from=Path(args.resume_from) if args.resume_from else None, overwrite=args.overwrite,
     )
 
 

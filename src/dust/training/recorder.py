@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from ..atomic import write_json, write_text
 from ..checkpoint import save_checkpoint
@@ -17,7 +18,7 @@ from ..checkpoint import save_checkpoint
 __all__ = ["StageRecorder"]
 
 log = logging.getLogger("dust")
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"]
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_count"]
 
 
 class StageRecorder(L.Callback):
@@ -59,6 +60,7 @@ class StageRecorder(L.Callback):
             return
         m = trainer.callback_metrics
         self._pending = {k: float(m[k]) for k in ("val_loss", "val_accuracy", "val_macro_f1")}
+        self._pending["val_count"] = int(m["val_count"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._pending is None:
@@ -80,8 +82,19 @@ class StageRecorder(L.Callback):
         if trainer.is_global_zero:
             self._write()
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the history (saved in Lightning's resume checkpoint)."""
+        return {"history": self.history, "best": self.best, "log_lines": self._log_lines}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history, self.best, self._log_lines = state["history"], state["best"], state["log_lines"]
+
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         last = self.history[-1] if self.history else {}
+        checksums = _gather_checksums(trainer, module)
+        if len(set(checksums)) > 1:
+            log.warning("%s: processes ended with different weights: %s", self.name, checksums)
+        self.rank_checksums = checksums
         self._save(trainer, module, self.final_name, epoch=trainer.current_epoch, metrics=last)
         if self.best is not None:
             self._log_lines.append(f"best epoch {self.best['epoch']} (lowest validation loss {self.best['val_loss']:.4f})")
@@ -95,5 +108,16 @@ class StageRecorder(L.Callback):
         writer.writeheader()
         writer.writerows(self.history)
         write_text(csv_path, buffer.getvalue())
-        write_json(json_path, {"stage": self.name, "best": self.best, "history": self.history})
+        write_json(json_path, {"stage": self.name, "best": self.best, "history": self.history,
+                               "rank_weight_checksums": getattr(self, "rank_checksums", None)})
         write_text(self.logpath / f"{self.name}.log", "\n".join(self._log_lines) + "\n")
+
+
+def _gather_checksums(trainer: L.Trainer, module: L.LightningModule) -> list[float]:
+    """A checksum of the weights from every process (equal when distributed training stayed in sync)."""
+    with torch.no_grad():
+        total = sum((p.double() * (i + 1)).sum() for i, p in enumerate(module.model.parameters()))
+    value = torch.as_tensor(total, dtype=torch.float64, device=module.device).reshape(1)
+    if trainer.world_size > 1:
+        value = trainer.strategy.all_gather(value).reshape(-1)
+    return [float(v) for v in value.cpu()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,9 @@ from ..data.datasets import (
 )
 from ..errors import InputError
 from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
+from .datamodule import ArrayDataModule
 from .recorder import StageRecorder
+from .resume import RESUME_NAME, RandomState, resume_checkpoint
 from .task import ClassifierTask
 
 __all__ = ["StageResult", "TrainSettings", "extract_features", "train_fusion", "train_ts", "train_video"]
@@ -67,6 +70,23 @@ class TrainSettings:
     warmup_epochs: float = 0.0
     class_weights: str | None = None
     """``"auto"`` (inverse class frequency in the training labels), comma-separated weights, or None."""
+    accelerator: str = "auto"
+    devices: str = "1"
+    """Lightning's ``devices``: a count, ``auto``, or a comma-separated list of device indices."""
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """Lightning's strategy: ``auto``, ``ddp``, ``fsdp``, ..."""
+    precision: str = "32-true"
+    """``32``, ``bf16-mixed`` or ``16-mixed``."""
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    """PyTorch's deterministic algorithms (for GPU runs; CPU runs are repeatable anyway)."""
+    resume: bool = False
+    """Continue from ``OUTPATH/resume.ckpt``."""
+    resume_from: Path | None = None
+    """Continue from this Lightning checkpoint."""
+    overwrite: bool = False
+    """Replace a finished run in ``outpath``."""
 
 
 @dataclass
@@ -91,6 +111,7 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
@@ -170,16 +191,54 @@ def _class_weights(settings: TrainSettings, labels: torch.Tensor) -> list[float]
     return weights
 
 
-def _loader(dataset: ArrayRows, settings: TrainSettings, shuffle: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(settings.seed) if shuffle else None
-    return DataLoader(dataset, batch_size=settings.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0)
+def _devices(spec: str) -> int | str | list[int]:
+    spec = str(spec).strip()
+    if spec == "auto" or spec == "-1":
+        return spec if spec == "auto" else -1
+    if "," in spec:
+        return [int(d) for d in spec.split(",") if d.strip()]
+    try:
+        return int(spec)
+    except ValueError:
+        raise InputError(f"--devices must be a count, 'auto' or a list like 0,1; got {spec!r}") from None
+
+
+def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
+    """The checkpoint to resume from, if any; refuses to overwrite a finished run without --overwrite."""
+    if settings.resume_from is not None:
+        if not Path(settings.resume_from).is_file():
+            raise InputError(f"{settings.resume_from}: no such checkpoint to resume from")
+        return str(settings.resume_from)
+    resume = Path(settings.outpath) / f"{RESUME_NAME}.ckpt"
+    if settings.resume:
+        if not resume.is_file():
+            raise InputError(f"{resume}: nothing to resume (no interrupted run in {settings.outpath})")
+        return str(resume)
+    finished = Path(settings.outpath) / final_name
+    if finished.exists() and not settings.overwrite:
+        raise InputError(f"{settings.outpath}: holds a finished run ({final_name}); "
+                         f"give --overwrite to replace it or --resume to continue an interrupted one")
+    return None
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".dust-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{folder}: cannot write there ({err.strerror})") from None
 
 
 def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
-         settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
+         settings: TrainSettings, preset: str | None, meta: dict[str, Any],
+         callbacks: Sequence[L.Callback] = ()) -> StageResult:
     """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs."""
     start = time.perf_counter()
+    resume_from = _resume_path(settings, final_name)
+    for folder in (settings.outpath, settings.logpath):
+        _check_writable(Path(folder))
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
                           _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
@@ -188,17 +247,23 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     trainer = L.Trainer(
         max_epochs=settings.num_epochs,
         check_val_every_n_epoch=settings.print_every,
-        accelerator="auto",
-        devices=1,
+        accelerator=settings.accelerator,
+        devices=_devices(settings.devices),
+        num_nodes=settings.num_nodes,
+        strategy=settings.strategy,
+        precision=settings.precision,
+        accumulate_grad_batches=settings.accumulate_grad_batches,
+        deterministic=settings.deterministic,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,
         enable_model_summary=False,
         enable_progress_bar=settings.progress,
         num_sanity_val_steps=0,
-        callbacks=[recorder],
-        deterministic=False,
+        use_distributed_sampler=False,
+        callbacks=[recorder, RandomState(), resume_checkpoint(Path(settings.outpath)), *callbacks],
     )
-    trainer.fit(task, _loader(train, settings, shuffle=True), _loader(val, settings, shuffle=False))
+    data = ArrayDataModule(train, val, settings.batch_size, settings.num_workers, settings.seed)
+    trainer.fit(task, datamodule=data, ckpt_path=resume_from)
     seconds = time.perf_counter() - start
     best = recorder.best or {"epoch": 0, "val_accuracy": float("nan"), "val_macro_f1": float("nan"),
                              "val_loss": float("nan")}

@@ -1,0 +1,46 @@
+"""Resuming an interrupted stage exactly: Lightning's checkpoint plus every random generator's state."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = ["RESUME_NAME", "RandomState", "resume_checkpoint"]
+
+RESUME_NAME = "resume"
+"""``OUTPATH/resume.ckpt``: written at the end of every epoch (atomically), read by ``--resume``."""
+
+
+class RandomState(L.Callback):
+    """Stores the Python, NumPy and torch generators in each checkpoint and restores them on resume,
+    so a resumed run draws the same dropout masks and augmentations as an uninterrupted one."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["random_state"] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("random_state")
+        if state is None:
+            return
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_checkpoint(outpath: Path) -> ModelCheckpoint:
+    """The callback that keeps ``OUTPATH/resume.ckpt`` current at the end of every epoch."""
+    return ModelCheckpoint(dirpath=outpath, filename=RESUME_NAME, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
