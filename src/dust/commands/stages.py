@@ -16,6 +16,16 @@ from ..training.stages import StageResult, TrainSettings, extract_features, trai
 SEED = 93728645
 
 
+def _devices_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("scale (Lightning)")
+    add_flag(group, "accelerator", default="auto", help="cpu, gpu, ... (default: %(default)s)")
+    add_flag(group, "devices", default="1", help="devices per node: a count, auto, or a list like 0,1 (default: 1)")
+    add_flag(group, "num_nodes", type=int, default=1, help="machines (default: %(default)s)")
+    add_flag(group, "strategy", default="auto", help="auto, ddp, fsdp, ... (default: %(default)s)")
+    add_flag(group, "precision", default="32-true", help="32, bf16-mixed or 16-mixed (default: 32)")
+    return group
+
+
 def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int, lr: float, print_every: int,
             outpath: str) -> None:
     add_flag(parser, "batch_size", type=int, default=batch_size, help="clips per batch (default: %(default)s)")
@@ -37,12 +47,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(parser, "class_weights", default=None,
              help="loss weights per class: 'auto' (inverse frequency), or comma-separated numbers")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
-    group = parser.add_argument_group("scale and faults (Lightning)")
-    add_flag(group, "accelerator", default="auto", help="cpu, gpu, ... (default: %(default)s)")
-    add_flag(group, "devices", default="1", help="devices per node: a count, auto, or a list like 0,1 (default: 1)")
-    add_flag(group, "num_nodes", type=int, default=1, help="machines (default: %(default)s)")
-    add_flag(group, "strategy", default="auto", help="auto, ddp, fsdp, ... (default: %(default)s)")
-    add_flag(group, "precision", default="32-true", help="32, bf16-mixed or 16-mixed (default: 32)")
+    group = _devices_group(parser)
     add_flag(group, "accumulate_grad_batches", type=int, default=1, help="batches per optimizer step")
     add_flag(group, "deterministic", action="store_true", help="PyTorch's deterministic algorithms (GPU runs)")
     add_flag(group, "resume", action="store_true", help="continue the interrupted run in --outpath")
@@ -188,6 +193,7 @@ def extract_features_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "model_preset", default=None, help="must agree with the checkpoint's preset if given")
     add_flag(parser, "num_workers", type=int, default=0, help="data-loading processes")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
+    _devices_group(parser)
 
 
 @register("extract-features", "Stage 3: one pooled video feature row per clip, in input order")(extract_features_args)
@@ -196,6 +202,8 @@ def extract_features_command(args: argparse.Namespace) -> list[Path]:
         checkpoint=Path(args.checkpoint), inputs=[Path(args.path_video_train), Path(args.path_video_val)],
         outputs=[Path(args.path_feature_train), Path(args.path_feature_val)], batch_size=args.batch_size,
         model_preset=args.model_preset, num_workers=args.num_workers, progress=not args.no_progress,
+        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=args.precision,
     )
     print(f"wrote {', '.join(map(str, outputs))}")
     return outputs

@@ -18,12 +18,9 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..atomic import write_json
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..data.arrays import ArrayFileError, load_array, save_array
+from ..data.arrays import ArrayFileError, load_array
 from ..data.datasets import (
     ArrayRows,
     Compose,
@@ -38,6 +35,7 @@ from ..data.datasets import (
 from ..errors import InputError
 from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
 from .datamodule import ArrayDataModule
+from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
 from .resume import RESUME_NAME, RandomState, resume_checkpoint
 from .task import ClassifierTask
@@ -365,11 +363,6 @@ def _checkpoint(path: Path, kind: str, model_preset: str | None) -> Checkpoint:
     return ckpt
 
 
-def feature_sidecar(path: Path) -> Path:
-    """The JSON file describing a feature array: ``train_3d_features.pkl`` -> ``train_3d_features.json``."""
-    return path.with_suffix(".json")
-
-
 def extract_features(
     *,
     checkpoint: Path,
@@ -379,31 +372,29 @@ def extract_features(
     model_preset: str | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    accelerator: str = "auto",
+    devices: str = "1",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
 ) -> list[Path]:
     """Stage 3: one pooled feature row per clip, in input order, for each video file.
 
     Writes each ``outputs[i]`` as a float32 ``(N, feature_dim)`` array with a JSON sidecar
-    naming the checkpoint and preset it came from.
+    naming the checkpoint and preset it came from. With several devices each process
+    extracts every n-th clip and rank 0 writes the rows back in input order.
     """
+    _quiet_lightning()
     ckpt = _checkpoint(Path(checkpoint), "video", model_preset)
     model: VideoSwin = ckpt.build()  # type: ignore[assignment]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
     transform = VideoTransform(**ckpt.meta.get("video_transform", {}))
+    trainer_kwargs = {"accelerator": accelerator, "devices": _devices(devices), "num_nodes": num_nodes,
+                      "strategy": strategy, "precision": precision, "enable_progress_bar": progress}
     for source, target in zip(inputs, outputs, strict=True):
         video = _read(source, 5, "video")
-        loader = DataLoader(ArrayRows([video], [transform]), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
-        rows = []
-        with torch.inference_mode():
-            for (clips,) in tqdm(loader, desc=f"features {Path(source).name}", disable=not progress, leave=False):
-                rows.append(model.forward_features(clips.to(device)).float().cpu().numpy())
-        features = np.concatenate(rows) if rows else np.zeros((0, model.feature_dim), np.float32)
-        save_array(target, features)
-        write_json(feature_sidecar(Path(target)), {
-            "checkpoint": str(checkpoint), "preset": ckpt.preset, "feature_dim": model.feature_dim,
-            "rows": len(features), "video": str(source),
-        })
+        write_features(model, transform, video, Path(target),
+                       {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source)},
+                       batch_size=batch_size, num_workers=num_workers, trainer_kwargs=trainer_kwargs)
     return [Path(t) for t in outputs]
 
 

@@ -1,0 +1,8 @@
+"""``python -m dust``: the ``dust`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
