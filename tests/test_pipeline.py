@@ -250,3 +250,12 @@ def test_predictor_on_arrays_matches_evaluation(trained):
 def test_predictor_refuses_unfinished_run(tmp_path, capsys):
     assert main(["predict", "--run", str(tmp_path), "--video", "a.mp4", "--kinematics", "a.csv"]) == 2
     assert "not a finished DuST run" in capsys.readouterr().err
+
+
+def test_feature_extraction_is_repeatable(trained, tmp_path):
+    args = ["extract-features", "--path_video_train", "data/video_train.npy", "--path_video_val",
+            "data/video_val.npy", "--no_progress"]
+    for i in (1, 2):
+        assert _in(trained, [*args, "--path_feature_train", str(tmp_path / f"t{i}.npy"), "--path_feature_val",
+                             str(tmp_path / f"v{i}.npy")]) == 0
+    assert (tmp_path / "t1.npy").read_bytes() == (tmp_path / "t2.npy").read_bytes()

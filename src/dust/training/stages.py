@@ -110,6 +110,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*predict returned None.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
@@ -324,6 +325,13 @@ def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequenc
     return arrays, label_arrays, _resolve_classes(settings, labels, label_arrays)
 
 
+def auto_patch_size(length: int, target_tokens: int = 32) -> int:
+    """Time steps per token giving a series of ``length`` steps about ``target_tokens`` tokens."""
+    if target_tokens < 1:
+        raise InputError(f"--target_tokens must be at least 1, got {target_tokens}")
+    return max(1, round(length / target_tokens))
+
+
 def train_ts(
     settings: TrainSettings,
     *,
@@ -334,21 +342,34 @@ def train_ts(
     model_preset: str = "paper",
     num_frames: int | None = None,
     num_channels: int | None = None,
-    augment: bool = False,
+    augment: bool | SeriesAugment = False,
+    patch_size: int | str | None = None,
+    window_size: int | None = None,
+    target_tokens: int = 32,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
-    ``augment`` adds random scaling, time shift and jitter to training series (:class:`SeriesAugment`).
+    Series may be NaN-padded at the end (variable length; the model masks the padding).
+    ``augment`` adds random scaling, time shift and jitter to training series (:class:`SeriesAugment`;
+    pass one to set its strengths). ``patch_size`` and ``window_size`` override the preset's;
+    ``patch_size="auto"`` takes about ``target_tokens`` tokens per series (:func:`auto_patch_size`).
     """
     _prepare(settings)
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
     transform = SeriesTransform.fit(train, length=length)
+    shape = {}
+    if patch_size is not None:
+        shape["patch_size"] = auto_patch_size(length, target_tokens) if patch_size == "auto" else int(patch_size)
+    if window_size is not None:
+        shape["window_size"] = int(window_size)
     model = TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
-                                       num_classes=settings.num_classes)
+                                       num_classes=settings.num_classes, **shape)
     meta = {"series_transform": transform.to_dict(), "ingest": _ingest_settings(path_kine_train)}
-    train_transform = Compose(transform, SeriesAugment()) if augment else transform
+    if augment is True:
+        augment = SeriesAugment()
+    train_transform = Compose(transform, augment) if augment else transform
     return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [train_transform], labels_train),
                 ArrayRows([val], [transform], labels_val), settings, model_preset, meta)
 
