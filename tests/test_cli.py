@@ -37,3 +37,19 @@ def test_missing_input_file_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.npy" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_folder_is_one_clear_line(tmp_path, capsys):
+    from dust.data.toy import generate_toy_data
+
+    generate_toy_data(tmp_path / "data", n_train=2, n_val=2, num_frames=1, height=16, width=16, kine_len=9,
+                      fmt="npy", progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    data = ["--path_kine_train", str(tmp_path / "data" / "kine_train.npy"), "--path_kine_val",
+            str(tmp_path / "data" / "kine_val.npy"), "--path_label_train", str(tmp_path / "data" / "label_train.npy"),
+            "--path_label_val", str(tmp_path / "data" / "label_val.npy"), "--num_frames", "9"]
+    code = main(["train-ts", *data, "--model_preset", "nano", "--outpath", str(blocker / "models"), "--no_progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot write there" in err and str(blocker / "models") in err

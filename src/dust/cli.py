@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, WeightsError) as err:
         print(f"dust: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, permissions, ...: the environment, not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"dust: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dust: interrupted", file=sys.stderr)
         return 130
