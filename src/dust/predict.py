@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .data.datasets import SeriesTransform, VideoTransform
 from .errors import InputError
 from .models import DuST, VideoSwin
+
+if TYPE_CHECKING:
+    from .data.ingest import PrepareSettings
 
 __all__ = ["Predictor", "run_checkpoints"]
 
@@ -71,35 +74,37 @@ class Predictor:
 
     # --- inputs ------------------------------------------------------------------
 
-    def read_video(self, path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
-        """Decode a video file as training did: ``(3, T, H, W)`` uint8."""
-        from .data.video_io import read_clip
+    def _decoding(self) -> tuple["PrepareSettings", list[str] | None]:
+        """How training data were decoded: ``dust prepare``'s settings, else the models' input sizes."""
+        from .data.ingest import PrepareSettings
 
-        t, h, w = self.video_ingest.get("num_frames"), self.video_ingest.get("height"), self.video_ingest.get("width")
-        if t is None:
-            t, h, w = self.video_transform.size or (None, None, None)
-        if t is None:
+        fields = set(PrepareSettings.__dataclass_fields__) - {"channels", "classes"}
+        ingest = {k: v for k, v in {**self.video_ingest, **self.series_ingest}.items() if k in fields}
+        t, h, w = self.video_transform.size or (None, None, None)
+        if "num_frames" not in ingest and t is None:
             raise InputError("the video checkpoint records no clip size; pass decoded arrays instead of files")
-        return read_clip(path, int(t), int(h), int(w), resize=self.video_ingest.get("resize", "crop"),
-                         start=start, end=end)
+        defaults = {"num_frames": t, "height": h, "width": w,
+                    "kine_len": self.series_transform.length or self.fusion_model.backbone.config["seq_len"]}
+        return PrepareSettings(**{**defaults, **ingest}), self.series_ingest.get("channels")
 
-    def read_kinematics(self, path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
-        """Read a kinematics CSV as training did: ``(C, L)`` float32."""
-        from .data.kinematics_io import read_kinematics
+    def read_files(self, video: str | Path, kinematics: str | Path, start: float | None = None,
+                   end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode a video file and read its kinematics CSV exactly as training data were prepared:
+        ``(3, T, H, W)`` uint8 and ``(C, L)`` float32."""
+        from .data.ingest import read_pair
 
-        length = self.series_ingest.get("kine_len") or self.fusion_model.backbone.config["seq_len"]
-        series, _ = read_kinematics(path, int(length), channels=self.series_ingest.get("channels"),
-                                    start=start, end=end)
-        return series
+        settings, channels = self._decoding()
+        return read_pair(video, kinematics, settings, channels, start, end)
 
     # --- prediction ----------------------------------------------------------------
 
     @torch.inference_mode()
     def predict_proba(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> np.ndarray:
-        """Probabilities ``(N, K)`` for clips ``(N, 3, T, H, W)`` (or one clip, or a video file) and their
-        series ``(N, C, L)`` (or one series, or a CSV file)."""
-        video = self.read_video(video) if isinstance(video, (str, Path)) else np.asarray(video)
-        kinematics = self.read_kinematics(kinematics) if isinstance(kinematics, (str, Path)) else np.asarray(kinematics)
+        """Probabilities ``(N, K)`` for clips ``(N, 3, T, H, W)`` (or one clip) and their series ``(N, C, L)``
+        (or one series) — or for a video file and its kinematics CSV."""
+        if isinstance(video, (str, Path)) or isinstance(kinematics, (str, Path)):
+            video, kinematics = self.read_files(video, kinematics)  # type: ignore[arg-type]
+        video, kinematics = np.asarray(video), np.asarray(kinematics)
         if video.ndim == 4:
             video = video[None]
         if kinematics.ndim == 2:
@@ -122,9 +127,7 @@ class Predictor:
         ``id``, ``prediction`` and one probability per class."""
         out = []
         for row in rows:
-            start, end = row.get("start"), row.get("end")
-            video = self.read_video(row["video"], start, end)
-            series = self.read_kinematics(row["kinematics"], start, end)
+            video, series = self.read_files(row["video"], row["kinematics"], row.get("start"), row.get("end"))
             proba = self.predict_proba(video, series)[0]
             out.append({"id": row["id"], "prediction": self.class_names[int(proba.argmax())],
                         **{f"p_{name}": float(p) for name, p in zip(self.class_names, proba)}})

@@ -74,9 +74,13 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
     files = split_files(run_dir, split)
     video, kine = _load(files["video"]), _load(files["kine"])
     class_names = ckpts["fusion"].meta.get("class_names") or [str(i) for i in range(ckpts["fusion"].config["num_classes"])]
-    labels = check_labels(str(files["label"]), np.asarray(_load(files["label"])), len(class_names))
-    if not len(video) == len(kine) == len(labels):
-        raise InputError(f"{split} split: {len(video)} clips, {len(kine)} series and {len(labels)} labels")
+    raw_labels = np.asarray(_load(files["label"]))
+    if not len(video) == len(kine) == len(raw_labels):
+        raise InputError(f"{split} split: {len(video)} clips, {len(kine)} series and {len(raw_labels)} labels")
+    labelled = raw_labels >= 0  # dust prepare marks unlabelled clips -1
+    if not labelled.any():
+        raise InputError(f"{files['label']}: no labelled clips to evaluate")
+    labels = check_labels(str(files["label"]), raw_labels[labelled], len(class_names))
 
     video_model = ckpts["video"].build()
     video_transform = VideoTransform(**ckpts["video"].meta["video_transform"])
@@ -92,7 +96,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
     fused_logits = _batched(fusion_model, ArrayRows([kine, features], [fusion_transform, as_float32]),
                             batch_size, "fusion", progress)
 
-    reports = {name: classification_report(labels, logits.argmax(axis=1), class_names)
+    reports = {name: classification_report(labels, logits[labelled].argmax(axis=1), class_names)
                for name, logits in (("video", video_logits), ("timeseries", ts_logits), ("fusion", fused_logits))}
     if out is not None:
         _write(Path(out), run_dir, split, files, reports)
