@@ -19,6 +19,18 @@ def _seed_and_threads():
     yield
 
 
+def run_in(folder: Path, argv: list[str]) -> int:
+    """``dust ARGV`` run in ``folder`` (in this process); returns the exit code."""
+    from dust.cli import main
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        return main(argv)
+    finally:
+        os.chdir(old)
+
+
 def reference_case(name: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(constructor config, state dict, inputs/outputs) of one reference vector."""
     if not (REFERENCE_DIR / f"{name}.json").is_file():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dust.cli import main
+from conftest import run_in
 from dust.data.arrays import load_array
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process control")
@@ -27,14 +27,6 @@ def _dust(folder: Path, *args: str, timeout: float = 300) -> subprocess.Complete
     return done
 
 
-def _in(folder: Path, argv: list[str]) -> int:
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        return main(argv)
-    finally:
-        os.chdir(old)
-
 
 TS = ["--model_preset", "nano", "--num_frames", "19", "--no_progress", "--path_kine_train", "data/kine_train.npy",
       "--path_kine_val", "data/kine_val.npy", "--path_label_train", "data/label_train.npy",
@@ -43,7 +35,7 @@ TS = ["--model_preset", "nano", "--num_frames", "19", "--no_progress", "--path_k
 
 def test_two_processes_stage2_and_stage3(tmp_path):
     # 7 validation clips: an uneven split across 2 ranks, which padding would double-count
-    assert _in(tmp_path, ["gen-data", "--n_train", "12", "--n_val", "7", "--num_frames", "4", "--height", "32",
+    assert run_in(tmp_path, ["gen-data", "--n_train", "12", "--n_val", "7", "--num_frames", "4", "--height", "32",
                           "--width", "32", "--kine_len", "19", "--format", "npy", "--no_progress"]) == 0
     _dust(tmp_path, "train-ts", *TS, "--batch_size", "3", "--num_epochs", "2", "--accelerator", "cpu",
           "--devices", "2", "--strategy", "ddp")
@@ -53,14 +45,14 @@ def test_two_processes_stage2_and_stage3(tmp_path):
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 
     video = ["--path_video_train", "data/video_train.npy", "--path_video_val", "data/video_val.npy"]
-    assert _in(tmp_path, ["train-video", "--model_preset", "nano", "--num_frames", "4", "--height", "32",
+    assert run_in(tmp_path, ["train-video", "--model_preset", "nano", "--num_frames", "4", "--height", "32",
                           "--width", "32", "--batch_size", "4", "--num_epochs", "1", "--print_every", "1",
                           "--path_label_train", "data/label_train.npy", "--path_label_val", "data/label_val.npy",
                           *video, "--no_progress"]) == 0
     _dust(tmp_path, "extract-features", *video, "--path_feature_train", "f2/train.npy", "--path_feature_val",
           "f2/val.npy", "--batch_size", "2", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
           "--no_progress")
-    assert _in(tmp_path, ["extract-features", *video, "--path_feature_train", "f1/train.npy",
+    assert run_in(tmp_path, ["extract-features", *video, "--path_feature_train", "f1/train.npy",
                           "--path_feature_val", "f1/val.npy", "--batch_size", "2", "--no_progress"]) == 0
     for split, rows in (("train", 12), ("val", 7)):
         one, two = load_array(tmp_path / "f1" / f"{split}.npy"), load_array(tmp_path / "f2" / f"{split}.npy")
@@ -76,7 +68,7 @@ def _history(logs: Path) -> list[dict]:
 
 
 def test_killed_run_resumes_to_the_same_history(tmp_path):
-    assert _in(tmp_path, ["gen-data", "--n_train", "480", "--n_val", "16", "--num_frames", "1", "--height", "16",
+    assert run_in(tmp_path, ["gen-data", "--n_train", "480", "--n_val", "16", "--num_frames", "1", "--height", "16",
                           "--width", "16", "--kine_len", "19", "--format", "npy", "--no_progress"]) == 0
     args = [*TS, "--batch_size", "4", "--num_epochs", "5", "--augment", "--schedule", "cosine",
             "--warmup_epochs", "1"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dust.checkpoint import load_checkpoint
+from conftest import run_in
 from dust.cli import main
 from dust.data.arrays import load_array
 from dust.data.datasets import VideoTransform
@@ -86,19 +87,11 @@ def test_fusion_backbone_starts_from_stage2(trained):
     assert fused.meta["ts_checkpoint"].endswith("final_1d.pth")
 
 
-def _in(folder: Path, argv: list[str]) -> int:
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        return main(argv)
-    finally:
-        os.chdir(old)
-
 
 def test_fusion_refuses_misaligned_features(trained, capsys, tmp_path):
     short = tmp_path / "short.npy"
     np.save(short, load_array(trained / "video_features" / "train_3d_features.pkl")[:-1])
-    code = _in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_train", str(short),
+    code = run_in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_train", str(short),
                          "--num_epochs", "1", "--outpath", str(tmp_path / "out"), "--no_progress"])
     assert code == 2
     err = capsys.readouterr().err
@@ -109,14 +102,14 @@ def test_fusion_refuses_misaligned_features(trained, capsys, tmp_path):
 def test_fusion_refuses_wrong_width_features(trained, capsys, tmp_path):
     wide = tmp_path / "wide.npy"
     np.save(wide, np.zeros((4, 1024), np.float32))
-    code = _in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_val", str(wide),
+    code = run_in(trained, ["train-fusion", *_data_flags("ts"), "--path_feature_val", str(wide),
                          "--num_epochs", "1", "--outpath", str(tmp_path / "out"), "--no_progress"])
     assert code == 2
     assert "wide.npy: 1024 wide" in capsys.readouterr().err
 
 
 def test_preset_must_agree_with_checkpoint(trained, capsys, tmp_path):
-    code = _in(trained, ["extract-features", "--model_preset", "paper", "--path_video_train", "data/video_train.npy",
+    code = run_in(trained, ["extract-features", "--model_preset", "paper", "--path_video_train", "data/video_train.npy",
                          "--path_video_val", "data/video_val.npy", "--path_feature_train", str(tmp_path / "f.npy"),
                          "--path_feature_val", str(tmp_path / "g.npy"), "--no_progress"])
     assert code == 2
@@ -133,7 +126,7 @@ def test_unsafe_pickle_is_refused_by_a_stage(trained, tmp_path, capsys):
 
     bad = tmp_path / "labels.pkl"
     bad.write_bytes(pickle.dumps(Exploit()))
-    code = _in(trained, ["train-ts", *TS, *_data_flags("ts"), "--path_label_train", str(bad), "--num_epochs", "1",
+    code = run_in(trained, ["train-ts", *TS, *_data_flags("ts"), "--path_label_train", str(bad), "--num_epochs", "1",
                          "--outpath", str(tmp_path / "out")])
     assert code == 2
     assert "labels.pkl" in capsys.readouterr().err
@@ -146,17 +139,17 @@ def test_config_file_and_flag_override(trained, tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
     argv = ["train-ts", "--config", str(config), *_data_flags("ts"), "--num-frames", "19", "--batch-size", "4",
             "--outpath", str(out), "--logpath", str(logs), "--no-progress"]
-    assert _in(trained, argv) == 0
+    assert run_in(trained, argv) == 0
     assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 1
-    assert _in(trained, [*argv, "--num_epochs", "2"]) == 2  # a finished run is never silently replaced
-    assert _in(trained, [*argv, "--num_epochs", "2", "--overwrite"]) == 0
+    assert run_in(trained, [*argv, "--num_epochs", "2"]) == 2  # a finished run is never silently replaced
+    assert run_in(trained, [*argv, "--num_epochs", "2", "--overwrite"]) == 0
     assert len(json.loads((logs / "step_1d_history.json").read_text())["history"]) == 2
 
 
 def test_unknown_config_setting_is_refused(trained, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("num_epoch: 1\n")
-    assert _in(trained, ["train-ts", "--config", str(config)]) == 2
+    assert run_in(trained, ["train-ts", "--config", str(config)]) == 2
     assert "bad.yaml: unknown setting(s) for `dust train-ts`: num_epoch" in capsys.readouterr().err
 
 
@@ -164,7 +157,7 @@ def test_same_seed_same_history(trained, tmp_path):
     histories = []
     for i in range(2):
         logs = tmp_path / f"logs{i}"
-        assert _in(trained, ["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "2", "--seed", "7",
+        assert run_in(trained, ["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "2", "--seed", "7",
                              "--outpath", str(tmp_path / f"out{i}"), "--logpath", str(logs)]) == 0
         histories.append(json.loads((logs / "step_1d_history.json").read_text())["history"])
     assert histories[0] == histories[1]
@@ -256,6 +249,6 @@ def test_feature_extraction_is_repeatable(trained, tmp_path):
     args = ["extract-features", "--path_video_train", "data/video_train.npy", "--path_video_val",
             "data/video_val.npy", "--no_progress"]
     for i in (1, 2):
-        assert _in(trained, [*args, "--path_feature_train", str(tmp_path / f"t{i}.npy"), "--path_feature_val",
+        assert run_in(trained, [*args, "--path_feature_train", str(tmp_path / f"t{i}.npy"), "--path_feature_val",
                              str(tmp_path / f"v{i}.npy")]) == 0
     assert (tmp_path / "t1.npy").read_bytes() == (tmp_path / "t2.npy").read_bytes()
