@@ -252,3 +252,8 @@ def test_feature_extraction_is_repeatable(trained, tmp_path):
         assert run_in(trained, [*args, "--path_feature_train", str(tmp_path / f"t{i}.npy"), "--path_feature_val",
                              str(tmp_path / f"v{i}.npy")]) == 0
     assert (tmp_path / "t1.npy").read_bytes() == (tmp_path / "t2.npy").read_bytes()
+
+
+def test_run_is_one_process(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path), "--devices", "2"]) == 2
+    assert "one process" in capsys.readouterr().err

@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
     if unknown:
         raise InputError(f"no stage takes {', '.join(sorted(unknown))}")
+    for name, (stage_args, _) in parsed.items():
+        if str(getattr(stage_args, "devices", "1")) != "1" or getattr(stage_args, "num_nodes", 1) != 1:
+            raise InputError(f"`dust run` is one process; run `dust {name}` on its own for several devices "
+                             f"(see README: Scaling out)")
 
     start = time.perf_counter()
     done: dict[str, Any] = {}
