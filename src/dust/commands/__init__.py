@@ -1,3 +1,3 @@
 """The ``dust`` subcommands; importing this package registers them with :mod:`dust.cli`."""
 
-from . import models, predict, prepare, run, stages  # noqa: F401
+from . import bench, models, predict, prepare, run, stages  # noqa: F401

@@ -46,6 +46,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(parser, "warmup_epochs", type=float, default=0.0, help="warm-up epochs for --schedule cosine")
     add_flag(parser, "class_weights", default=None,
              help="loss weights per class: 'auto' (inverse frequency), or comma-separated numbers")
+    add_flag(parser, "compile", action="store_true", help="torch.compile the model for training")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
     group = _devices_group(parser)
     add_flag(group, "accumulate_grad_batches", type=int, default=1, help="batches per optimizer step")
@@ -70,6 +71,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
         accumulate_grad_batches=args.accumulate_grad_batches, deterministic=args.deterministic, resume=args.resume,
         resume_from=Path(args.resume_from) if args.resume_from else None, overwrite=args.overwrite,
+        compile=args.compile,
     )
 
 
@@ -164,15 +166,40 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
     _kinematics(parser, 51, 3)
     add_flag(parser, "model_preset", default="paper", help="time-series preset (default: %(default)s)")
     add_flag(parser, "augment", action="store_true", help="random scaling, time shift and jitter of training series")
+    add_flag(parser, "jitter", type=float, default=0.03, help="--augment: Gaussian noise std (default: %(default)s)")
+    add_flag(parser, "scale", type=float, default=0.1, help="--augment: per-channel scale std (default: %(default)s)")
+    add_flag(parser, "shift", type=float, default=0.1,
+             help="--augment: time shift, up to this fraction of the length (default: %(default)s)")
+    add_flag(parser, "crop", type=float, default=0.0,
+             help="--augment: crop up to this fraction and stretch back (default: %(default)s)")
+    add_flag(parser, "patch_size", default=None,
+             help="time steps per token, or 'auto' for about --target_tokens tokens (default: the preset's)")
+    add_flag(parser, "target_tokens", type=int, default=32, help="tokens per series for --patch_size auto")
+    add_flag(parser, "window_size", type=int, default=None, help="attention window in tokens (default: the preset's)")
+    add_flag(parser, "steps", type=int, default=None,
+             help="train for about this many optimizer steps: sets --num_epochs from the training set's size")
+
+
+def _patch_size(value: object) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise InputError(f"--patch_size must be a whole number or 'auto', got {value!r}") from None
 
 
 @register("train-ts", "Stage 2: train the time-series (1-D Swin) classifier")(train_ts_args)
 def train_ts_command(args: argparse.Namespace) -> StageResult:
+    from ..data.datasets import SeriesAugment
+
+    augment = SeriesAugment(args.jitter, args.scale, args.shift, args.crop) if args.augment else False
     result = train_ts(
         _settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
-        augment=args.augment,
+        augment=augment, patch_size=_patch_size(args.patch_size), window_size=args.window_size,
+        target_tokens=args.target_tokens, steps=args.steps,
     )
     report("time series (stage 2)", result)
     return result

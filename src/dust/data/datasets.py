@@ -29,6 +29,8 @@ __all__ = [
     "check_labels",
     "inverse_frequency_weights",
     "check_rows",
+    "pad_series",
+    "series_length",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,9 +70,37 @@ class VideoTransform:
         return {k: list(v) if v is not None else None for k, v in out.items()}
 
 
+def series_length(x: np.ndarray | Tensor) -> int:
+    """Valid length of one ``(C, L)`` series: trailing steps where every channel is NaN are padding."""
+    present = ~(np.isnan(x) if isinstance(x, np.ndarray) else torch.isnan(x).numpy()).all(axis=0)
+    return int(np.flatnonzero(present)[-1]) + 1 if present.any() else 0
+
+
+def pad_series(series: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    """Series of unequal length, each ``(C, L_i)``, as one NaN-padded float32 ``(N, C, max L_i)`` array.
+
+    ``length`` pads to at least that many steps. This is the form variable-length data take in
+    DuST: the model treats the trailing NaN steps as padding.
+    """
+    series = [np.asarray(s, dtype=np.float32) for s in series]
+    if not series:
+        raise ValueError("no series to pad")
+    if any(s.ndim != 2 or s.shape[0] != series[0].shape[0] for s in series):
+        raise ValueError("every series must be (channels, length) with the same channels")
+    width = max([s.shape[1] for s in series] + [length or 0])
+    out = np.full((len(series), series[0].shape[0], width), np.nan, dtype=np.float32)
+    for row, s in zip(out, series):
+        row[:, :s.shape[1]] = s
+    return out
+
+
 @dataclass
 class SeriesTransform:
-    """One series ``(C, L)`` to float32, standardised per channel; ``length`` resamples linearly."""
+    """One series ``(C, L)`` to float32, standardised per channel; ``length`` resamples linearly.
+
+    NaN-padded (variable-length) series stay NaN-padded: only the valid part is resampled,
+    by the same factor ``length / L`` as a full series, and padded back to ``length`` with NaN.
+    """
 
     mean: Sequence[float] = field(default_factory=list)
     std: Sequence[float] = field(default_factory=list)
@@ -90,7 +120,13 @@ class SeriesTransform:
         if self.mean:
             x = (x - torch.tensor(self.mean, dtype=x.dtype)[:, None]) / torch.tensor(self.std, dtype=x.dtype)[:, None]
         if self.length is not None and x.shape[-1] != self.length:
-            x = F.interpolate(x[None], size=self.length, mode="linear", align_corners=True)[0]
+            valid = series_length(x)
+            if valid == x.shape[-1]:
+                x = F.interpolate(x[None], size=self.length, mode="linear", align_corners=True)[0]
+            else:  # resample the series, never across its padding
+                size = min(self.length, max(1, round(valid * self.length / x.shape[-1])))
+                body = F.interpolate(x[None, :, :max(valid, 1)], size=size, mode="linear", align_corners=True)[0]
+                x = F.pad(body, (0, self.length - size), value=float("nan"))
         return x
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,19 +143,31 @@ def as_float32(row: np.ndarray) -> Tensor:
 class SeriesAugment:
     """Random training-time changes to a standardised series ``(C, L)``.
 
-    Each channel is scaled by ``N(1, scale)``, shifted in time by up to ``shift * L`` steps
-    (edges repeated) and given Gaussian ``jitter``. Draws from torch's generator, so
+    Each channel is scaled by ``N(1, scale)``; with ``crop``, a random stretch of at least
+    ``(1 - crop) * L`` steps is cut out and stretched back to ``L`` (window slicing); the
+    series is shifted in time by up to ``shift * L`` steps (edges repeated) and given
+    Gaussian ``jitter``. NaN padding at the end (a variable-length series) is left as it
+    is and everything acts on the valid part only. Draws from torch's generator, so
     ``--seed`` makes it repeatable.
     """
 
     jitter: float = 0.03
     scale: float = 0.1
     shift: float = 0.1
+    crop: float = 0.0
 
     def __call__(self, x: Tensor) -> Tensor:
-        channels, length = x.shape
+        channels, full = x.shape
+        length = series_length(x) if torch.isnan(x).any() else full
+        if length == 0:
+            return x
+        padding, x = x[:, length:], x[:, :length]
         if self.scale:
             x = x * (1 + self.scale * torch.randn(channels, 1))
+        if self.crop and length > 2:
+            keep = max(2, round(length * (1 - self.crop * float(torch.rand(())))))
+            start = int(torch.randint(0, length - keep + 1, ()))
+            x = F.interpolate(x[None, :, start:start + keep], size=length, mode="linear", align_corners=True)[0]
         max_shift = int(self.shift * length)
         if max_shift:
             offset = int(torch.randint(-max_shift, max_shift + 1, ()))
@@ -127,7 +175,7 @@ class SeriesAugment:
             x = x[:, index]
         if self.jitter:
             x = x + self.jitter * torch.randn_like(x)
-        return x
+        return torch.cat([x, padding], dim=-1) if length < full else x
 
 
 class Compose:

@@ -7,6 +7,18 @@ blocks as in Swin V2 whose norms start at zero, so every block starts as the
 identity.
 
 Tensors inside the network are ``(B, L, D)``: batch, tokens, channels.
+
+Variable-length series: give them NaN-padded at the end (time steps where every
+channel is NaN are padding) or pass ``lengths``. Padding is zeroed, never attended
+to (a per-sample key mask joins the window masks), zeroed again before each patch
+merging (so a merged pair sees the same zero token a shorter series would) and left
+out of the mean pooling; a series' features do not depend on how much padding
+follows it. Full-length input takes the unmasked path unchanged.
+
+``conv_stem`` (off in the paper's model) puts two convolutions before the patch
+projection, as in Xiao et al., "Early Convolutions Help Transformers See Better"
+(NeurIPS 2021): on small data sets it gives the tokens local, shift-robust shape
+features the patch projection alone does not.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 __all__ = [
+    "ConvStem1d",
     "MaskMode",
     "PatchEmbed1d",
     "PatchMerging1d",
@@ -27,6 +40,7 @@ __all__ = [
     "SwinBlock1d",
     "SwinStage1d",
     "TimeSeriesSwin",
+    "series_lengths",
     "shift_window_mask_1d",
 ]
 
@@ -48,6 +62,23 @@ def pad_right(x: Tensor, multiple: int) -> Tensor:
     """Right-pad ``(B, L, D)`` with zero tokens so that L is a multiple of ``multiple``."""
     pad = -x.shape[1] % multiple
     return F.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+def series_lengths(x: Tensor) -> Tensor:
+    """Valid length of each NaN-padded series ``(B, C, L) -> (B,)`` int64.
+
+    Trailing time steps where every channel is NaN are padding; NaN elsewhere (a
+    missing value inside the series) does not shorten it. At least 1.
+    """
+    present = ~torch.isnan(x).all(dim=1)  # (B, L): a time step with any value
+    trailing = present.flip(-1).int().argmax(dim=-1)  # padding steps after the last value
+    lengths = x.shape[-1] - trailing
+    return torch.where(present.any(dim=-1), lengths, torch.ones_like(lengths))
+
+
+def valid_tokens(lengths: Tensor, size: int) -> Tensor:
+    """``(B,)`` valid lengths -> ``(B, size)`` bool, True on the first ``lengths[b]`` tokens."""
+    return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
 
 
 def relative_position_index_1d(window: int) -> Tensor:
@@ -116,16 +147,64 @@ def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode) -
 # --- modules --------------------------------------------------------------------
 
 
-class PatchEmbed1d(nn.Module):
-    """Split a series into patches and embed them: ``(B, C, L) -> (B, ceil(L / p), D)``."""
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over ``(B, C, L)`` whose training statistics skip padded time steps."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        if valid is None or not self.training:
+            return super().forward(x)
+        weight = valid[:, None].to(x.dtype)  # (B, 1, L)
+        count = weight.sum().clamp(min=2)
+        mean = (x * weight).sum(dim=(0, 2)) / count
+        var = ((x - mean[:, None]) ** 2 * weight).sum(dim=(0, 2)) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        x = (x - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)
+        return x * self.weight[:, None] + self.bias[:, None]
+
+
+class ConvStem1d(nn.Module):
+    """Two same-length convolutions (kernels 7 and 5) with BatchNorm and GELU: ``(B, C, L) -> (B, S, L)``.
+
+    Padded time steps are zeroed before each convolution, so a series sees the same
+    zeros beyond its end whatever padding follows it, and skipped by the batch statistics.
+    """
+
+    def __init__(self, in_chans: int, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_chans, channels, kernel_size=7, padding=3)
+        self.bn1 = MaskedBatchNorm1d(channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size=5, padding=2)
+        self.bn2 = MaskedBatchNorm1d(channels)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        keep = None if valid is None else valid[:, None].to(x.dtype)  # (B, 1, L)
+        x = F.gelu(self.bn1(self.conv1(x), valid))
+        if keep is not None:
+            x = x * keep
+        x = F.gelu(self.bn2(self.conv2(x), valid))
+        return x if keep is None else x * keep
+
+
+class PatchEmbed1d(nn.Module):
+    """Split a series into patches and embed them: ``(B, C, L) -> (B, ceil(L / p), D)``.
+
+    With ``stem_channels``, a :class:`ConvStem1d` runs first and the patches are cut from its output.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stem_channels: int = 0) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv1d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.stem = ConvStem1d(in_chans, stem_channels) if stem_channels else None
+        self.proj = nn.Conv1d(stem_channels or in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid`` ``(B, L)`` marks real time steps (None: all); padded ones must be zero in ``x``."""
+        if self.stem is not None:
+            x = self.stem(x, valid)
         pad = -x.shape[-1] % self.patch_size
         if pad:
             x = F.pad(x, (0, pad))
@@ -191,7 +270,22 @@ class ShiftedWindowAttention1d(nn.Module):
             self._masks[key] = None if mask is None else mask.to(device)
         return self._masks[key]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _padding_mask(self, valid: Tensor, dtype: torch.dtype) -> Tensor:
+        """``(B, L)`` valid tokens -> ``(B, nW, 1, w, w)`` additive mask hiding padded keys.
+
+        A query keeps its own key, so padding queries (whose outputs are discarded)
+        never see an all-masked row.
+        """
+        w, s = self.window_size, self.shift_size
+        keys = F.pad(valid, (0, -valid.shape[1] % w))  # (B, Lp), window padding is not valid
+        if s:
+            keys = torch.roll(keys, -s, dims=1)
+        keys = keys.view(valid.shape[0], -1, 1, 1, w)  # (B, nW, 1, 1 query, w keys)
+        allowed = keys | torch.eye(w, dtype=torch.bool, device=valid.device)
+        return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill_(~allowed, float("-inf"))
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``(B, L, D) -> (B, L, D)``; ``valid`` ``(B, L)`` bool marks real tokens (None: all are)."""
         batch, length, dim = x.shape
         w, s, heads = self.window_size, self.shift_size, self.num_heads
         x = pad_right(x, w)
@@ -206,6 +300,8 @@ class ShiftedWindowAttention1d(nn.Module):
         window_mask = self._window_mask(length, x.device)
         if window_mask is not None:
             attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
+        if valid is not None:
+            attn_mask = attn_mask + self._padding_mask(valid, attn_mask.dtype)  # (B, nW, H, w, w)
         dropout_p = self.attention_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p)
         out = out.transpose(2, 3).reshape(batch, num_windows * w, dim)  # (B, Lp, D)
@@ -249,8 +345,8 @@ class SwinBlock1d(nn.Module):
             nn.init.zeros_(norm.weight)
             nn.init.zeros_(norm.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.norm1(self.attn(x)))
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.norm1(self.attn(x, valid)))
         return x + self.drop_path(self.norm2(self.mlp(x)))
 
 
@@ -295,10 +391,17 @@ class SwinStage1d(nn.Module):
         )
         self.downsample = PatchMerging1d(dim) if downsample else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(B, L, D)`` tokens and ``(B,)`` valid token counts (None: all valid) -> the same after the stage."""
+        valid = None if lengths is None else valid_tokens(lengths, x.shape[1])
         for block in self.blocks:
-            x = block(x)
-        return self.downsample(x) if self.downsample is not None else x
+            x = block(x, valid)
+        if self.downsample is None:
+            return x, lengths
+        if valid is not None:
+            x = x * valid[..., None].to(x.dtype)  # padding merges as the zero token a shorter series gets
+            lengths = (lengths + 1) // 2
+        return self.downsample(x), lengths
 
 
 class TimeSeriesSwin(nn.Module):
@@ -321,6 +424,8 @@ class TimeSeriesSwin(nn.Module):
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
         mask_mode: ``"correct"`` (default) or ``"reference"`` (see :data:`MaskMode`).
+        conv_stem: channels of a :class:`ConvStem1d` before the patch projection; 0 (default,
+            the paper's layout): none.
     """
 
     def __init__(
@@ -339,6 +444,7 @@ class TimeSeriesSwin(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         mask_mode: MaskMode = "correct",
+        conv_stem: int = 0,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -355,9 +461,11 @@ class TimeSeriesSwin(nn.Module):
             patch_size=patch_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, mask_mode=mask_mode,
         )
+        if conv_stem:  # only when used, so configs of the paper's layout stay as they were
+            self.config["conv_stem"] = conv_stem
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.patch_embed = PatchEmbed1d(in_chans, embed_dim, patch_size)
+        self.patch_embed = PatchEmbed1d(in_chans, embed_dim, patch_size, conv_stem)
         self.pos_drop = nn.Dropout(drop_rate)
 
         total = sum(depths)
@@ -387,22 +495,44 @@ class TimeSeriesSwin(nn.Module):
 
         return cls(**{**get_preset("ts", name), **overrides})
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C, L)`` series -> ``(B, num_features)`` pooled features."""
+    def forward_features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, C, L)`` series -> ``(B, num_features)`` pooled features.
+
+        Series may be NaN-padded at the end (see the module docstring), or ``lengths``
+        ``(B,)`` gives each one's valid time steps; other NaN count as zero.
+        """
         if x.ndim != 3 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected a (batch, {self.in_chans}, length) series, got shape {tuple(x.shape)}")
-        x = self.pos_drop(self.patch_embed(x))
+        has_nan = bool(torch.isnan(x).any())
+        if lengths is None and has_nan:
+            lengths = series_lengths(x)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=x.device).long().clamp(1, x.shape[-1])
+            if bool((lengths == x.shape[-1]).all()):
+                lengths = None
+        if has_nan or lengths is not None:
+            x = torch.nan_to_num(x, nan=0.0)
+        if lengths is None:  # full length: the reference path
+            x = self.pos_drop(self.patch_embed(x))
+            for stage in self.layers:
+                x, _ = stage(x)
+            return self.norm(x).mean(dim=1)
+        steps = valid_tokens(lengths, x.shape[-1])  # (B, L)
+        x = x * steps[:, None].to(x.dtype)  # zero the filler
+        x = self.pos_drop(self.patch_embed(x, steps))
+        lengths = -(-lengths // self.patch_embed.patch_size)  # ceil(len / p) tokens
         for stage in self.layers:
-            x = stage(x)
-        return self.norm(x).mean(dim=1)
+            x, lengths = stage(x, lengths)
+        valid = valid_tokens(lengths, x.shape[1])[..., None].to(x.dtype)  # (B, L, 1)
+        return (self.norm(x) * valid).sum(dim=1) / valid.sum(dim=1)
 
     def forward_head(self, features: Tensor) -> Tensor:
         """``(B, num_features)`` -> ``(B, num_classes)`` logits."""
         return self.head(features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C, L)`` series -> ``(B, num_classes)`` logits."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, C, L)`` series (NaN-padded, or with ``lengths``) -> ``(B, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x, lengths))
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be weight-decayed (bias tables, norms, biases)."""

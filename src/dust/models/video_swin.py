@@ -10,8 +10,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.video.swin_transformer import PatchEmbed3d, SwinTransformer3d
+
+from .video_attention import AttentionImpl, WindowAttention3d
 
 __all__ = ["VideoSwin"]
 
@@ -21,6 +26,11 @@ def _patch_embed_builder(in_chans: int, patch_norm: bool) -> Callable[..., nn.Mo
         return PatchEmbed3d(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
 
     return build
+
+
+def _block(*args, attn_layer: Callable[..., nn.Module] | None = None, **kwargs) -> nn.Module:
+    """torchvision's Swin block with :class:`WindowAttention3d` (``SwinTransformer3d`` always passes its own)."""
+    return SwinTransformerBlock(*args, attn_layer=WindowAttention3d, **kwargs)
 
 
 class VideoSwin(SwinTransformer3d):
@@ -39,6 +49,11 @@ class VideoSwin(SwinTransformer3d):
         in_chans: input channels.
         drop_rate: dropout after the embedding and in the blocks.
         attn_drop_rate: dropout on attention weights.
+        grad_checkpointing: in training, recompute each block in backward instead of keeping its
+            activations (less memory, about a third more compute).
+
+    Window attention is :class:`~dust.models.video_attention.WindowAttention3d`: torchvision's
+    parameters and outputs, a faster forward (see :meth:`set_attention_impl`).
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class VideoSwin(SwinTransformer3d):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> None:
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
@@ -72,12 +88,14 @@ class VideoSwin(SwinTransformer3d):
             stochastic_depth_prob=drop_path_rate,
             num_classes=max(num_classes, 1),
             norm_layer=partial(nn.LayerNorm, eps=1e-5),
+            block=_block,
             patch_embed=_patch_embed_builder(in_chans, patch_norm),
         )
         if num_classes == 0:
             self.head = nn.Identity()
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = grad_checkpointing
         self.config = dict(
             num_classes=num_classes, embed_dim=embed_dim, depths=list(depths), num_heads=list(num_heads),
             patch_size=list(patch_size), window_size=list(window_size), mlp_ratio=mlp_ratio,
@@ -89,6 +107,15 @@ class VideoSwin(SwinTransformer3d):
     def feature_dim(self) -> int:
         """Width of the pooled feature that :meth:`forward_features` returns."""
         return self.num_features
+
+    def set_attention_impl(self, impl: AttentionImpl) -> "VideoSwin":
+        """``"fused"`` (default) or ``"reference"`` (torchvision's own attention forward, for checks)."""
+        if impl not in ("fused", "reference"):
+            raise ValueError(f"attention impl must be 'fused' or 'reference', got {impl!r}")
+        for module in self.modules():
+            if isinstance(module, WindowAttention3d):
+                module.impl = impl
+        return self
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VideoSwin":
@@ -103,7 +130,13 @@ class VideoSwin(SwinTransformer3d):
             raise ValueError(f"expected a (batch, {self.in_chans}, frames, height, width) clip, got shape {tuple(x.shape)}")
         x = self.patch_embed(x)  # (B, T', H', W', D)
         x = self.pos_drop(x)
-        x = self.features(x)  # (B, T', H', W', feature_dim)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for layer in self.features:  # stages (Sequential of blocks) and patch merging, alternating
+                blocks = layer if isinstance(layer, nn.Sequential) else [layer]
+                for block in blocks:
+                    x = checkpoint(block, x, use_reentrant=False) if blocks is layer else block(x)
+        else:
+            x = self.features(x)  # (B, T', H', W', feature_dim)
         x = self.norm(x)
         return x.mean(dim=(1, 2, 3))
 

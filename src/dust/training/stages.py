@@ -85,6 +85,8 @@ class TrainSettings:
     """Continue from this Lightning checkpoint."""
     overwrite: bool = False
     """Replace a finished run in ``outpath``."""
+    compile: bool = False
+    """``torch.compile`` the model for training (``nn.Module.compile``: same weights and checkpoint keys)."""
 
 
 @dataclass
@@ -238,6 +240,8 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     resume_from = _resume_path(settings, final_name)
     for folder in (settings.outpath, settings.logpath):
         _check_writable(Path(folder))
+    if settings.compile:
+        model.compile(dynamic=False)
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
                           _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
@@ -346,6 +350,7 @@ def train_ts(
     patch_size: int | str | None = None,
     window_size: int | None = None,
     target_tokens: int = 32,
+    steps: int | None = None,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
@@ -353,11 +358,18 @@ def train_ts(
     ``augment`` adds random scaling, time shift and jitter to training series (:class:`SeriesAugment`;
     pass one to set its strengths). ``patch_size`` and ``window_size`` override the preset's;
     ``patch_size="auto"`` takes about ``target_tokens`` tokens per series (:func:`auto_patch_size`).
+    ``steps`` sets the epochs from the training set's size: as many as give about ``steps`` optimizer
+    steps, so that small data sets are not under-trained and larger ones not over-run.
     """
     _prepare(settings)
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
+    if steps is not None:
+        if steps < 1:
+            raise InputError(f"--steps must be at least 1, got {steps}")
+        per_epoch = -(-len(train) // settings.batch_size)
+        settings = replace(settings, num_epochs=max(1, round(steps / per_epoch)))
     transform = SeriesTransform.fit(train, length=length)
     shape = {}
     if patch_size is not None:

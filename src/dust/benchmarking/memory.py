@@ -1,0 +1,104 @@
+"""Peak resident memory of a stage-1 epoch (``dust train-video``) on seed-size toy data.
+
+The epoch runs in a child process (``python -m dust.benchmarking.memory``), so the figure is
+that of a training run alone; the parent samples the child's ``/proc/PID/status`` and reads
+its peak resident set from the kernel when it ends. Reported: the peak resident set (which
+counts the pages of memory-mapped clip files the epoch has read: clean page cache the
+kernel can drop at will), the peak anonymous memory (what the process itself holds), and
+the resident set right after the imports, for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .measure import proc_status
+
+__all__ = ["stage1_epoch_memory"]
+
+
+def _child(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one stage-1 epoch, for the memory benchmark")
+    parser.add_argument("data", type=Path)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
+    parser.add_argument("--report", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    import lightning
+
+    from ..training.stages import TrainSettings, train_video
+
+    after_imports = proc_status()
+    if args.limit_batches:  # a shortened epoch: the same code path, fewer batches
+        trainer = lightning.Trainer
+
+        def limited(*a, **kw):
+            return trainer(*a, limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches, **kw)
+
+        lightning.Trainer = limited  # type: ignore[misc]
+    settings = TrainSettings(outpath=args.work / "ckpt", logpath=args.work / "logs", batch_size=args.batch_size,
+                             num_epochs=1, print_every=1, progress=False)
+    start = time.perf_counter()
+    train_video(settings, path_video_train=args.data / "video_train.npy", path_video_val=args.data / "video_val.npy",
+                path_label_train=args.data / "label_train.npy", path_label_val=args.data / "label_val.npy",
+                model_preset=args.preset)
+    args.report.write_text(json.dumps({"after_imports": after_imports, "status": proc_status(),
+                                       "seconds": time.perf_counter() - start}))
+
+
+def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batches: int = 0,
+                        n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
+                        workdir: Path | None = None) -> dict[str, Any]:
+    """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time."""
+    from ..data.toy import generate_toy_data
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        generate_toy_data(root / "data", n_train=n_train, n_val=n_val, num_frames=clip[0], height=clip[1],
+                          width=clip[2], fmt="npy", progress=False)
+        generate_s = time.perf_counter() - t0
+        report = root / "report.json"
+        cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(root / "work"),
+               "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
+               "--report", str(report)]
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak_rss = peak_anon = 0
+        while child.poll() is None:
+            status = proc_status(child.pid)
+            peak_rss = max(peak_rss, status.get("VmRSS", 0))
+            peak_anon = max(peak_anon, status.get("RssAnon", 0))
+            time.sleep(0.02)
+        output = child.stdout.read() if child.stdout else ""
+        if child.returncode != 0 or not report.is_file():
+            raise RuntimeError(f"stage-1 memory run failed ({child.returncode}):\n{output[-2000:]}")
+        result = json.loads(report.read_text())
+    status = result["status"]
+    return {
+        "peak_rss": max(peak_rss, status.get("VmHWM", 0)),
+        "peak_anon": peak_anon,
+        "rss_after_imports": result["after_imports"].get("VmRSS", 0),
+        "dataset_uint8": n_train * 3 * clip[0] * clip[1] * clip[2],
+        "epoch_seconds": result["seconds"],
+        "generate_seconds": generate_s,
+        "batches": limit_batches or -(-n_train // batch_size),
+        "batch_size": batch_size,
+        "n_train": n_train,
+    }
+
+
+if __name__ == "__main__":
+    _child()
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: the figures are written

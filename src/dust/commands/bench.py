@@ -1,0 +1,34 @@
+"""``dust bench``: the benchmark suite (see :mod:`dust.benchmarking`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import add_flag, register
+
+
+def _bench_args(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "quick", action="store_true", help="smaller sizes and fewer repeats (a few minutes on 2 cores)")
+    add_flag(parser, "json", default=None, metavar="OUT.json", help="also write the figures to this file")
+    compile_group = parser.add_mutually_exclusive_group()
+    compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
+                               help="also time torch.compile'd training steps and keep the faster "
+                                    "(default: on for the full suite, off for --quick)")
+    compile_group.add_argument("--no-compile", "--no_compile", dest="compile", action="store_false",
+                               help="eager only")
+    add_flag(parser, "workdir", default=None, help="folder for temporary data files (default: the system's)")
+
+
+@register("bench", "Benchmark suite: throughput, FLOP rate vs. the matmul peak, loader rate, stage-1 memory")(_bench_args)
+def bench(args: argparse.Namespace) -> dict:
+    from ..benchmarking import SuiteConfig, format_table, run_suite, write_json
+
+    config = SuiteConfig.quick_config(args.compile) if args.quick else SuiteConfig.full_config(args.compile)
+    result = run_suite(config, progress=lambda message: print(f"... {message}", file=sys.stderr, flush=True),
+                       workdir=args.workdir)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return result

@@ -1,0 +1,100 @@
+"""The small-data recipe for ``dust train-ts``, standardisation in its checkpoints, and the archive benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dust.checkpoint import load_checkpoint
+from dust.cli import PARSERS, apply_config, build_parser, main, read_config
+from dust.data.datasets import SeriesTransform, pad_series
+from dust.models import TimeSeriesSwin
+from dust.training.stages import auto_patch_size
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "ts_small_data.yaml"
+
+
+def test_recipe_config_loads():
+    build_parser()
+    parser = PARSERS["train-ts"]
+    settings = read_config(str(CONFIG), "train-ts")
+    apply_config(parser, str(CONFIG), "train-ts", strict_keys=True)  # every key is a train-ts flag
+    args = parser.parse_args([])
+    assert args.model_preset == settings["model_preset"] and args.augment is True
+    assert args.schedule == "cosine" and args.label_smoothing > 0 and args.weight_decay > 0
+    assert args.num_frames is None and args.num_channels is None  # the data's own sizes
+    model = TimeSeriesSwin.from_preset(args.model_preset, seq_len=251, in_chans=1, num_classes=3,
+                                       patch_size=auto_patch_size(251, args.target_tokens))
+    assert model(torch.randn(2, 1, 251)).shape == (2, 3)
+
+
+def test_auto_patch_size():
+    assert [auto_patch_size(n, 64) for n in (10, 24, 251, 1460)] == [1, 1, 4, 23]
+
+
+def _series(n: int, channels: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    t = np.linspace(0, 1, length)
+    x = np.stack([np.stack([np.sin((2 + 3 * y) * np.pi * t + c) for c in range(channels)]) for y in labels])
+    x = x * np.array([1.0, 20.0])[:channels, None] + np.array([5.0, -100.0])[:channels, None]
+    return (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32), labels
+
+
+def _train(tmp_path: Path, x: np.ndarray, y: np.ndarray, *extra: str) -> Path:
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "model"
+    code = main(["train-ts", "--config", str(CONFIG), "--path_kine_train", str(tmp_path / "x.npy"),
+                 "--path_label_train", str(tmp_path / "y.npy"), "--path_kine_val", str(tmp_path / "x.npy"),
+                 "--path_label_val", str(tmp_path / "y.npy"), "--outpath", str(out),
+                 "--logpath", str(tmp_path / "logs"), "--no_progress", "--steps", "2", *extra])
+    assert code == 0
+    return out / "final_1d.pth"
+
+
+def test_standardisation_is_stored_and_reapplied(tmp_path):
+    x, y = _series(12, 2, 30, seed=0)
+    ckpt = load_checkpoint(_train(tmp_path, x, y), expect="ts")
+    stored = ckpt.meta["series_transform"]
+    np.testing.assert_allclose(stored["mean"], x.mean(axis=(0, 2)), rtol=1e-4)
+    np.testing.assert_allclose(stored["std"], x.std(axis=(0, 2)), rtol=1e-4)
+    transform = SeriesTransform(**stored)
+    rows = torch.stack([transform(s) for s in x])
+    torch.testing.assert_close(rows.mean(dim=(0, 2)), torch.zeros(2), atol=1e-4, rtol=0)
+    assert ckpt.config["in_chans"] == 2 and ckpt.config["seq_len"] == 30  # the data's own sizes
+    with torch.no_grad():
+        assert ckpt.build()(rows).shape == (12, 2)
+
+
+def test_variable_length_series_train_and_predict(tmp_path):
+    x, y = _series(10, 1, 40, seed=1)
+    ragged = [s[:, :length] for s, length in zip(x, [40, 25, 31, 12, 40, 18, 22, 35, 9, 40])]
+    padded = pad_series(ragged)
+    ckpt = load_checkpoint(_train(tmp_path, padded, y), expect="ts")
+    model, transform = ckpt.build(), SeriesTransform(**ckpt.meta["series_transform"])
+    rows = torch.stack([transform(s) for s in padded])
+    assert torch.isnan(rows[1, :, 25:]).all()  # padding reaches the model as NaN
+    wider = torch.cat([rows, torch.full((10, 1, 13), float("nan"))], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(rows), model(wider), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="aeon (the [bench] extra) is not installed")
+def test_benchmark_runs_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location("ts_archive", ROOT / "benchmarks" / "ts_archive.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "result.json"
+    assert bench.main(["--datasets", "ItalyPowerDemand", "--json", str(out), "--", "--steps", "5"]) == 0
+    row = json.loads(out.read_text())["ItalyPowerDemand"]
+    for key in ("dust_accuracy", "minirocket_accuracy", "dtw_accuracy"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["dust_seconds"] > 0 and row["minirocket_seconds"] > 0
+    assert row["minirocket_accuracy"] > 0.8  # the peer is a real classifier on real data
