@@ -26,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,11 @@ def resample_to(series: list[np.ndarray] | np.ndarray, length: int) -> np.ndarra
     return np.stack(out)
 
 
-def run_dust(x_train, y_train, x_test, config: Path, workdir: Path, overrides: list[str]) -> np.ndarray:
+def run_dust(x_train, y_train, x_test, config: Path, workdir: Path, overrides: list[str],
+             threads: int | None) -> np.ndarray:
     """Train with ``dust train-ts --config CONFIG`` on the training split; predicted test labels."""
+    if threads:  # again for every fit: the peers' thread-pool limits reset torch's on their way out
+        torch.set_num_threads(threads)
     from dust.checkpoint import load_checkpoint
     from dust.cli import main as dust_main
     from dust.data.datasets import SeriesTransform, pad_series
@@ -119,14 +123,16 @@ def timed(fn, *args) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
-def benchmark(name: str, config: Path, overrides: list[str], seed: int, skip_dtw: bool) -> dict:
+def benchmark(name: str, config: Path, overrides: list[str], seed: int, skip_dtw: bool,
+              threads: int | None = None) -> dict:
     x_train, y_train, x_test, y_test = load(name)
     lengths = [np.asarray(s).shape[-1] for s in x_train]
     row = {"dataset": name, "train_size": len(y_train), "test_size": len(y_test),
            "channels": int(np.asarray(x_train[0]).shape[0]), "length": max(lengths),
            "variable_length": not equal_length(x_train), "classes": int(y_train.max()) + 1}
     with tempfile.TemporaryDirectory(prefix=f"dust-{name}-") as tmp:
-        pred, seconds = timed(run_dust, x_train, y_train, x_test, Path(config), Path(tmp), overrides)
+        pred, seconds = timed(run_dust, x_train, y_train, x_test, Path(config), Path(tmp), overrides,
+                              threads)
     row.update(dust_accuracy=float(np.mean(pred == y_test)), dust_seconds=round(seconds, 1))
     pred, seconds = timed(run_minirocket, x_train, y_train, x_test, seed)
     row.update(minirocket_accuracy=float(np.mean(pred.astype(np.int64) == y_test)), minirocket_seconds=round(seconds, 1))
@@ -169,17 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="DuST's recipe (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="MiniRocket's random state (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for DuST (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for DuST; 0: torch's default. One is as fast for these small "
+                             "models and much faster when the other core is busy (default: %(default)s)")
     parser.add_argument("--skip_dtw", action="store_true", help="leave 1-NN DTW out (it is slow on long series)")
     parser.add_argument("dust_flags", nargs=argparse.REMAINDER,
                         help="after --: extra `dust train-ts` flags overriding the recipe (e.g. -- --num_epochs 2)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `dust train-ts` does: subnormal floats stall CPU arithmetic
+    warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")  # numpy notices the flush
     overrides = [f for f in args.dust_flags if f != "--"]
     rows = []
     for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
-        row = benchmark(name, args.config, overrides, args.seed, args.skip_dtw)
+        row = benchmark(name, args.config, overrides, args.seed, args.skip_dtw, args.threads)
         print(f"{name}: DuST {row['dust_accuracy']:.3f} ({row['dust_seconds']:.0f} s), "
               f"MiniRocket {row['minirocket_accuracy']:.3f}, 1-NN DTW "
               f"{'—' if row['dtw_accuracy'] is None else format(row['dtw_accuracy'], '.3f')}", file=sys.stderr,

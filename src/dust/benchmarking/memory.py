@@ -32,10 +32,15 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
 
     import lightning
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from ..training.stages import TrainSettings, train_video
 
@@ -61,7 +66,11 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
                         n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
                         workdir: Path | None = None) -> dict[str, Any]:
     """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time."""
+    import torch
+
     from ..data.toy import generate_toy_data
+
+    threads = torch.get_num_threads()  # the child runs with the parent's setting
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
@@ -72,7 +81,7 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         report = root / "report.json"
         cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(root / "work"),
                "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
-               "--report", str(report)]
+               "--threads", str(threads), "--report", str(report)]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak_rss = peak_anon = 0
         while child.poll() is None:

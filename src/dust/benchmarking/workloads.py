@@ -12,11 +12,13 @@ padding) show up as speed, not as fewer FLOPs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +69,8 @@ class Row:
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 env: Env) -> Callable[[], None]:
+    """Forward, cross-entropy, backward, optimizer step: what a training stage does per batch."""
+
     def step() -> None:
         with env.autocast_context():
             loss = F.cross_entropy(model(x), y)
@@ -130,12 +134,38 @@ def _rows(workload: str, model_name: str, shape: str, batch: int, flops: tuple[i
     return rows
 
 
+def _optimizer(model: nn.Module, num_classes: int, lr: float) -> torch.optim.Optimizer:
+    """The optimizer the training stages build (``ClassifierTask``, constant schedule)."""
+    from ..training.task import ClassifierTask
+
+    return ClassifierTask(model, num_classes, lr).configure_optimizers()
+
+
+def _optimizer_seconds(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                       env: Env) -> float:
+    """Seconds of ``optimizer.step()`` alone (part of every training step)."""
+    _forward_backward(model, x, y, env)()  # leaves no gradients: make some
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    seconds = time_call(optimizer.step, env.device, warmup=1, repeats=env.repeats).best
+    optimizer.zero_grad(set_to_none=True)
+    return seconds
+
+
+def _add_training_info(row: Row, info: dict[str, Any]) -> None:
+    row.extra.update(info)
+    if row.seconds_per_step and "optimizer_s" in info:
+        share = f"optimizer step {info['optimizer_s'] / row.seconds_per_step:.0%} of it"
+        row.note = f"{row.note}; {share}" if row.note else share
+
+
 def _compiled_if_faster(model: nn.Module, step_for: Callable[[nn.Module], Callable[[], None]], env: Env,
                         compile_mode: bool) -> tuple[float, str, dict[str, Any]]:
     """Best training-step seconds eager, and compiled too when asked; which won."""
     eager = time_call(step_for(model), env.device, warmup=env.warmup, repeats=env.repeats).best
     if not compile_mode:
         return eager, "eager", {"eager_s": eager}
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # graph-break notes are not results
     compiled_model = torch.compile(model, dynamic=False)
     start = time.perf_counter()
     step = step_for(compiled_model)
@@ -144,7 +174,7 @@ def _compiled_if_faster(model: nn.Module, step_for: Callable[[nn.Module], Callab
         device_sync(env.device)
         compile_s = time.perf_counter() - start
         compiled = time_call(step, env.device, warmup=1, repeats=env.repeats).best
-    except Exception as err:  # a backend that cannot compile here: say so, keep eager
+    except Exception as err:  # noqa: BLE001  (any compiler failure: say so, keep eager)
         return eager, "eager", {"eager_s": eager, "compile_error": f"{type(err).__name__}: {err}"[:300]}
     info = {"eager_s": eager, "compiled_s": compiled, "compile_s": compile_s}
     return (compiled, "compiled", info) if compiled < eager else (eager, "eager", info)
@@ -163,12 +193,13 @@ def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, 
     x = torch.randn(batch, channels, length, device=env.device)
     y = torch.randint(0, num_classes, (batch,), device=env.device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = _optimizer(model, num_classes, 3e-4)
     train, mode, info = _compiled_if_faster(model, lambda m: _train_step(m, optimizer, x, y, env), env, compile_mode)
+    info["optimizer_s"] = _optimizer_seconds(model, optimizer, x, y, env)
     model.eval()
     infer = time_call(_inference(model, x, env), env.device, warmup=env.warmup, repeats=env.repeats).best
     rows = _rows("ts", preset, f"{channels}x{length}", batch, flops, peak, train, infer, mode)
-    rows[0].extra.update(info)
+    _add_training_info(rows[0], info)
     return rows
 
 
@@ -190,16 +221,17 @@ def bench_video(env: Env, peak: float, *, preset: str, clip: tuple[int, int, int
     mode, info = "eager", {}
     if train:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        optimizer = _optimizer(model, num_classes, 1e-5)
         train_s, mode, info = _compiled_if_faster(model, lambda m: _train_step(m, optimizer, x, y, env), env,
                                                   compile_mode)
+        info["optimizer_s"] = _optimizer_seconds(model, optimizer, x, y, env)
     if infer:
         model.eval()
         infer_s = time_call(_inference(model, x, env), env.device, warmup=env.warmup, repeats=env.repeats).best
     note = "torchvision attention" if attention == "reference" else ""
     rows = _rows("video", preset, "x".join(map(str, clip)), batch, flops, peak, train_s, infer_s, mode, note)
     if train:
-        rows[0].extra.update(info)
+        _add_training_info(rows[0], info)
     return rows
 
 

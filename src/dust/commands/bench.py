@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from ..cli import add_flag, register
+from ..errors import InputError
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +20,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                                     "(default: on for the full suite, off for --quick)")
     compile_group.add_argument("--no-compile", "--no_compile", dest="compile", action="store_false",
                                help="eager only")
+    add_flag(parser, "threads", type=int, default=None,
+             help="CPU threads for every row, the yardstick included (default: torch's, one per core)")
     add_flag(parser, "workdir", default=None, help="folder for temporary data files (default: the system's)")
 
 
@@ -24,6 +29,10 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
 def bench(args: argparse.Namespace) -> dict:
     from ..benchmarking import SuiteConfig, format_table, run_suite, write_json
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     config = SuiteConfig.quick_config(args.compile) if args.quick else SuiteConfig.full_config(args.compile)
     result = run_suite(config, progress=lambda message: print(f"... {message}", file=sys.stderr, flush=True),
                        workdir=args.workdir)

@@ -28,7 +28,7 @@ Shapes: ``B`` batch, ``(T, H, W)`` tokens, ``C`` channels, ``N`` tokens per wind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ class WindowPlan:
     num_interior: int
     num_border: int
     index: Tensor
-    border_mask: Optional[Tensor]
+    border_mask: Tensor | None
 
     @property
     def window_volume(self) -> int:
@@ -123,11 +123,11 @@ def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size:
 
 
 class _ToWindows(torch.autograd.Function):
-    """``(M, D)`` token rows -> ``(P, D)`` window rows; padding rows are ``fill`` (a ``(D,)`` row)."""
+    """``(M, D)`` token rows -> ``(P, D)`` window rows ``rows[index]``; the ``pad`` rows are ``fill`` (a ``(D,)`` row)."""
 
     @staticmethod
     def forward(ctx, rows: Tensor, fill: Tensor, index: Tensor, pad: Tensor, inverse: Tensor) -> Tensor:
-        out = rows.index_select(0, index.clamp(min=0))
+        out = rows.index_select(0, index)
         if len(pad):
             out.index_copy_(0, pad, fill.to(out.dtype).expand(len(pad), -1))
         ctx.save_for_backward(pad, inverse)
@@ -153,7 +153,7 @@ class _ToTokens(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         index, pad = ctx.saved_tensors
-        grad_rows = grad.index_select(0, index.clamp(min=0))
+        grad_rows = grad.index_select(0, index)
         if len(pad):
             grad_rows.index_fill_(0, pad, 0.0)
         return grad_rows, None, None, None
@@ -181,7 +181,7 @@ def _groups(rows: Tensor, batch: int, counts: tuple[int, int], n_tok: int, heads
     return out
 
 
-def _group_masks(bias: Tensor, shift_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def _group_masks(bias: Tensor, shift_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """Additive masks: ``(1, h, N, N)`` bias for interior windows, ``(n, h, N, N)`` bias + shift for border windows."""
     return bias[None], None if shift_mask is None else bias[None] + shift_mask.to(bias.dtype)
 
@@ -204,7 +204,7 @@ class _WindowAttentionCPU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: Tensor, bias: Tensor, shift_mask: Optional[Tensor], batch: int, counts: tuple[int, int],
+    def forward(ctx, rows: Tensor, bias: Tensor, shift_mask: Tensor | None, batch: int, counts: tuple[int, int],
                 heads: int, scale: float) -> Tensor:
         n_tok = bias.shape[-1]
         c = rows.shape[1] // 3
@@ -266,7 +266,7 @@ class _WindowAttentionCPU(torch.autograd.Function):
         return grad_rows, grad_bias, None, None, None, None, None
 
 
-def _attend_sdpa(rows: Tensor, bias: Tensor, shift_mask: Optional[Tensor], batch: int, counts: tuple[int, int],
+def _attend_sdpa(rows: Tensor, bias: Tensor, shift_mask: Tensor | None, batch: int, counts: tuple[int, int],
                  heads: int, scale: float, dropout: float) -> Tensor:
     """Window attention through ``F.scaled_dot_product_attention`` (any device; GPU, inference, dropout)."""
     n_tok = bias.shape[-1]
@@ -307,7 +307,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         """The window plan for ``batch`` clips of ``size`` tokens, with batch-wide gather indices on ``device``.
 
         Returns ``(plan, index, pad, inverse)``: ``index`` ``(B * windows * N,)`` token row of
-        each window row (``-1``: padding), ``pad`` the window rows that are padding, and
+        each window row (0 for padding rows), ``pad`` the window rows that are padding, and
         ``inverse`` ``(B * T * H * W,)`` the window row of each token. Window rows are ordered
         interior windows of every clip, then border windows of every clip. Built once per
         (batch, size, device) and cached.
@@ -334,7 +334,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         inverse[index[real]] = real
         mask = None if plan.border_mask is None else plan.border_mask.to(device)
         plan = WindowPlan(plan.window, plan.shift, plan.num_interior, plan.num_border, plan.index, mask)
-        self._plans[key] = (plan, index.to(device), pad.to(device), inverse.to(device))
+        self._plans[key] = (plan, index.clamp(min=0).to(device), pad.to(device), inverse.to(device))
         return self._plans[key]
 
     def _relative_position_bias(self, volume: int) -> Tensor:
