@@ -135,6 +135,8 @@ def train_video_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "init_weights", default=None, help="start from these weights (a local file)")
     add_flag(parser, "init_kind", choices=["kinetics400", "imagenet2d"], default="kinetics400",
              help="what --init_weights holds: torchvision Kinetics-400 3-D weights or a 2-D ImageNet Swin")
+    add_flag(parser, "grad_checkpointing", action="store_true",
+             help="recompute each Swin block in the backward pass instead of storing it (less memory)")
 
 
 @register("train-video", "Stage 1: train the Video Swin classifier")(train_video_args)
@@ -143,7 +145,7 @@ def train_video_command(args: argparse.Namespace) -> StageResult:
         _settings(args), path_video_train=Path(args.path_video_train), path_video_val=Path(args.path_video_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, height=args.height, width=args.width,
-        init_weights=args.init_weights, init_kind=args.init_kind,
+        init_weights=args.init_weights, init_kind=args.init_kind, grad_checkpointing=args.grad_checkpointing,
     )
     report("video (stage 1)", result)
     return result

@@ -287,6 +287,7 @@ def train_video(
     width: int | None = None,
     init_weights: Path | None = None,
     init_kind: str = "kinetics400",
+    grad_checkpointing: bool = False,
 ) -> StageResult:
     """Stage 1: train a :class:`VideoSwin` classifier on ``(N, C, T, H, W)`` clips."""
     _prepare(settings)
@@ -305,7 +306,8 @@ def train_video(
         log.warning("resampling clips from %s to %s (--num_frames/--height/--width)",
                     "x".join(map(str, data_size)), "x".join(map(str, size)))
     transform = VideoTransform(size=size)
-    model = VideoSwin.from_preset(model_preset, num_classes=settings.num_classes, in_chans=video_train.shape[1])
+    model = VideoSwin.from_preset(model_preset, num_classes=settings.num_classes, in_chans=video_train.shape[1],
+                                  grad_checkpointing=grad_checkpointing)
     if init_weights is not None:
         loader = load_kinetics400 if init_kind == "kinetics400" else load_imagenet_2d
         log.warning("initialised from %s: %s", init_weights, loader(model, init_weights))
