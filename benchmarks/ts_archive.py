@@ -149,7 +149,7 @@ def table(rows: list[dict]) -> str:
         return "—" if v is None else f"{v:.3f}"
 
     def sec(v):
-        return "—" if v is None else f"{v:.0f}"
+        return "—" if v is None else f"{v:.1f}" if v < 10 else f"{v:.0f}"
 
     lines = ["| data set | train / test | DuST acc | MiniRocket acc | 1-NN DTW acc | gap to MiniRocket "
              "| DuST s | MiniRocket s | DTW s |",
