@@ -12,9 +12,10 @@ Prints one table row per data set (test accuracy, and fit + predict seconds); th
 JSON holds, per data set, ``dust_accuracy``, ``minirocket_accuracy``, ``dtw_accuracy``,
 ``dust_seconds``, ``minirocket_seconds``, ``dtw_seconds`` and the sizes.
 
-Variable-length series (e.g. PickupGestureWiimoteZ) reach DuST NaN-padded, which its
-model masks; 1-NN DTW takes them as they are; MiniRocket, which needs equal lengths,
-gets each series linearly resampled to the longest training length.
+Variable-length series (e.g. PickupGestureWiimoteZ) reach DuST NaN-padded; the recipe's
+``variable_length: stretch`` resamples each to the training width (``mask`` would keep
+them and mask the padding). 1-NN DTW takes them as they are; MiniRocket, which needs
+equal lengths, gets each series linearly resampled to the longest training length.
 """
 
 from __future__ import annotations

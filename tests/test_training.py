@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dust.data.datasets import SeriesAugment, inverse_frequency_weights
-from dust.training.task import warmup_cosine
+from dust.training.resume import ResumeCheckpoint
+from dust.training.task import ClassifierTask, warmup_cosine
 
 
 def test_warmup_then_cosine():
@@ -34,3 +35,34 @@ def test_series_augment_changes_series_repeatably():
     b = SeriesAugment()(x)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
     assert torch.equal(SeriesAugment(jitter=0, scale=0, shift=0)(x), x)
+
+
+def _resume_epochs_seen(folder, interval: float) -> tuple[list, int]:
+    """The epoch held by ``resume.ckpt`` at the start of each of 4 epochs, and at the end."""
+    import lightning as L
+
+    path = folder / "resume.ckpt"
+
+    def held():
+        return torch.load(path, weights_only=False)["epoch"] if path.exists() else None
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.epochs.append(held())
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.arange(8) % 2)
+    seen = Seen()
+    trainer = L.Trainer(max_epochs=4, callbacks=[seen, ResumeCheckpoint(folder, interval)], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(ClassifierTask(torch.nn.Linear(3, 2), 2, lr=0.01), torch.utils.data.DataLoader(data, batch_size=4))
+    return seen.epochs, held()
+
+
+def test_resume_checkpoint_every_epoch_or_after_its_interval(tmp_path):
+    assert _resume_epochs_seen(tmp_path / "every", 0.0) == ([None, 0, 1, 2], 3)
+    # with a long interval only the first epoch and the last are written
+    assert _resume_epochs_seen(tmp_path / "interval", 3600.0) == ([None, 0, 0, 0], 3)

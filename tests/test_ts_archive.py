@@ -77,13 +77,30 @@ def test_variable_length_series_train_and_predict(tmp_path):
     x, y = _series(10, 1, 40, seed=1)
     ragged = [s[:, :length] for s, length in zip(x, [40, 25, 31, 12, 40, 18, 22, 35, 9, 40])]
     padded = pad_series(ragged)
-    ckpt = load_checkpoint(_train(tmp_path, padded, y), expect="ts")
+    ckpt = load_checkpoint(_train(tmp_path, padded, y, "--variable_length", "mask"), expect="ts")
     model, transform = ckpt.build(), SeriesTransform(**ckpt.meta["series_transform"])
     rows = torch.stack([transform(s) for s in padded])
     assert torch.isnan(rows[1, :, 25:]).all()  # padding reaches the model as NaN
     wider = torch.cat([rows, torch.full((10, 1, 13), float("nan"))], dim=-1)
     with torch.no_grad():
         torch.testing.assert_close(model(rows), model(wider), atol=1e-5, rtol=1e-5)
+
+
+def test_recipe_stretches_variable_length_series(tmp_path):
+    x, y = _series(10, 1, 40, seed=2)
+    lengths = [40, 25, 31, 12, 40, 18, 22, 35, 9, 40]
+    padded = pad_series([s[:, :length] for s, length in zip(x, lengths)])
+    ckpt = load_checkpoint(_train(tmp_path, padded, y), expect="ts")
+    assert ckpt.meta["series_transform"]["stretch"] is True
+    transform = SeriesTransform(**ckpt.meta["series_transform"])
+    rows = torch.stack([transform(s) for s in padded])
+    assert rows.shape == (10, 1, 40) and torch.isfinite(rows).all()
+    # row 3 (12 steps) is its standardised self, linearly resampled to 40 steps: ends kept, no filler
+    body = (padded[3, 0, :12] - transform.mean[0]) / transform.std[0]
+    torch.testing.assert_close(rows[3, 0, [0, -1]], torch.tensor(body[[0, -1]]), atol=1e-5, rtol=0)
+    # a series padded wider at prediction time comes out the same
+    wider = np.concatenate([padded[3], np.full((1, 9), np.nan, np.float32)], axis=-1)
+    torch.testing.assert_close(SeriesTransform(**{**ckpt.meta["series_transform"]})(wider), rows[3])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="aeon (the [bench] extra) is not installed")

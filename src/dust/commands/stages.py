@@ -53,6 +53,9 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(group, "deterministic", action="store_true", help="PyTorch's deterministic algorithms (GPU runs)")
     add_flag(group, "resume", action="store_true", help="continue the interrupted run in --outpath")
     add_flag(group, "resume_from", default=None, help="continue from this Lightning checkpoint (.ckpt)")
+    add_flag(group, "resume_interval", type=float, default=0.0,
+             help="write OUTPATH/resume.ckpt at an epoch's end only when this many seconds passed since the "
+                  "last write (default: %(default)s, every epoch; raise it for many short epochs)")
     add_flag(group, "overwrite", action="store_true", help="replace a finished run in --outpath")
 
 
@@ -71,7 +74,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
         accumulate_grad_batches=args.accumulate_grad_batches, deterministic=args.deterministic, resume=args.resume,
         resume_from=Path(args.resume_from) if args.resume_from else None, overwrite=args.overwrite,
-        compile=args.compile,
+        compile=args.compile, resume_interval=args.resume_interval,
     )
 
 
@@ -180,6 +183,8 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "window_size", type=int, default=None, help="attention window in tokens (default: the preset's)")
     add_flag(parser, "steps", type=int, default=None,
              help="train for about this many optimizer steps: sets --num_epochs from the training set's size")
+    add_flag(parser, "variable_length", choices=["mask", "stretch"], default="mask",
+             help="NaN-padded series: mask the padding, or stretch each series to the full length (default: mask)")
 
 
 def _patch_size(value: object) -> int | str | None:
@@ -201,7 +206,7 @@ def train_ts_command(args: argparse.Namespace) -> StageResult:
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
         augment=augment, patch_size=_patch_size(args.patch_size), window_size=args.window_size,
-        target_tokens=args.target_tokens, steps=args.steps,
+        target_tokens=args.target_tokens, steps=args.steps, variable_length=args.variable_length,
     )
     report("time series (stage 2)", result)
     return result

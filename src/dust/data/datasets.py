@@ -105,21 +105,28 @@ class SeriesTransform:
     mean: Sequence[float] = field(default_factory=list)
     std: Sequence[float] = field(default_factory=list)
     length: int | None = None
+    stretch: bool = False
+    """Resample every series' valid part to the full length (``length``, else the array's width):
+    variable-length series become equal-length ones, as for gestures whose speed varies."""
 
     @classmethod
-    def fit(cls, series: np.ndarray, length: int | None = None) -> "SeriesTransform":
+    def fit(cls, series: np.ndarray, length: int | None = None, stretch: bool = False) -> "SeriesTransform":
         """Per-channel mean and standard deviation of ``(N, C, L)`` training series (NaNs ignored)."""
         flat = np.moveaxis(np.asarray(series, dtype=np.float64), 1, 0).reshape(series.shape[1], -1)
         mean = np.nanmean(flat, axis=1)
         std = np.nanstd(flat, axis=1)
         std = np.where(std > 1e-8, std, 1.0)
-        return cls(mean=mean.tolist(), std=std.tolist(), length=length)
+        return cls(mean=mean.tolist(), std=std.tolist(), length=length, stretch=stretch)
 
     def __call__(self, series: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.array(series, dtype=np.float32))
         if self.mean:
             x = (x - torch.tensor(self.mean, dtype=x.dtype)[:, None]) / torch.tensor(self.std, dtype=x.dtype)[:, None]
-        if self.length is not None and x.shape[-1] != self.length:
+        if self.stretch:
+            valid, target = series_length(x), self.length or x.shape[-1]
+            if valid != target:
+                x = F.interpolate(x[None, :, :max(valid, 1)], size=target, mode="linear", align_corners=True)[0]
+        elif self.length is not None and x.shape[-1] != self.length:
             valid = series_length(x)
             if valid == x.shape[-1]:
                 x = F.interpolate(x[None], size=self.length, mode="linear", align_corners=True)[0]
@@ -131,7 +138,7 @@ class SeriesTransform:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, to store in a checkpoint."""
-        return {"mean": list(self.mean), "std": list(self.std), "length": self.length}
+        return {"mean": list(self.mean), "std": list(self.std), "length": self.length, "stretch": self.stretch}
 
 
 def as_float32(row: np.ndarray) -> Tensor:

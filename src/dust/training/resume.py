@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["RESUME_NAME", "RandomState", "resume_checkpoint"]
+__all__ = ["RESUME_NAME", "RandomState", "ResumeCheckpoint", "resume_checkpoint"]
 
 RESUME_NAME = "resume"
-"""``OUTPATH/resume.ckpt``: written at the end of every epoch (atomically), read by ``--resume``."""
+"""``OUTPATH/resume.ckpt``: written at the end of epochs (atomically), read by ``--resume``."""
 
 
 class RandomState(L.Callback):
@@ -47,7 +48,30 @@ def _numpy_state() -> tuple:
     return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
 
 
-def resume_checkpoint(outpath: Path) -> ModelCheckpoint:
-    """The callback that keeps ``OUTPATH/resume.ckpt`` current at the end of every epoch."""
-    return ModelCheckpoint(dirpath=outpath, filename=RESUME_NAME, save_top_k=1, every_n_epochs=1,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
+class ResumeCheckpoint(ModelCheckpoint):
+    """Keeps ``OUTPATH/resume.ckpt`` current at the end of epochs.
+
+    With ``min_interval`` seconds, an epoch that ends sooner than that after the last write is
+    skipped (the last epoch never is): many short epochs then do not spend their time saving.
+    Rank 0 decides and every rank follows, since saving is collective.
+    """
+
+    def __init__(self, outpath: Path, min_interval: float = 0.0) -> None:
+        super().__init__(dirpath=outpath, filename=RESUME_NAME, save_top_k=1, every_n_epochs=1,
+                         save_on_train_epoch_end=True, enable_version_counter=False)
+        self.min_interval = min_interval
+        self._last_write: float | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        now = time.monotonic()
+        due = (self._last_write is None or now - self._last_write >= self.min_interval
+               or trainer.current_epoch + 1 >= (trainer.max_epochs or 0))
+        if self.min_interval > 0 and not trainer.strategy.broadcast(due):
+            return
+        super().on_train_epoch_end(trainer, module)
+        self._last_write = now
+
+
+def resume_checkpoint(outpath: Path, min_interval: float = 0.0) -> ModelCheckpoint:
+    """The callback that writes ``OUTPATH/resume.ckpt``: every epoch, or at most every ``min_interval`` s."""
+    return ResumeCheckpoint(outpath, min_interval)

@@ -85,6 +85,8 @@ class TrainSettings:
     """Continue from this Lightning checkpoint."""
     overwrite: bool = False
     """Replace a finished run in ``outpath``."""
+    resume_interval: float = 0.0
+    """Seconds at least between writes of ``OUTPATH/resume.ckpt`` (0: at the end of every epoch)."""
     compile: bool = False
     """``torch.compile`` the model for training (``nn.Module.compile``: same weights and checkpoint keys)."""
 
@@ -263,7 +265,8 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
         enable_progress_bar=settings.progress,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        callbacks=[recorder, RandomState(), resume_checkpoint(Path(settings.outpath)), *callbacks],
+        callbacks=[recorder, RandomState(), resume_checkpoint(Path(settings.outpath), settings.resume_interval),
+                   *callbacks],
     )
     data = ArrayDataModule(train, val, settings.batch_size, settings.num_workers, settings.seed)
     trainer.fit(task, datamodule=data, ckpt_path=resume_from)
@@ -353,6 +356,7 @@ def train_ts(
     window_size: int | None = None,
     target_tokens: int = 32,
     steps: int | None = None,
+    variable_length: str = "mask",
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
@@ -362,6 +366,8 @@ def train_ts(
     ``patch_size="auto"`` takes about ``target_tokens`` tokens per series (:func:`auto_patch_size`).
     ``steps`` sets the epochs from the training set's size: as many as give about ``steps`` optimizer
     steps, so that small data sets are not under-trained and larger ones not over-run.
+    ``variable_length="stretch"`` resamples each series' valid part to the full length instead of
+    masking its padding (the transform, stored in the checkpoint, does the same at prediction).
     """
     _prepare(settings)
     # Once a small model fits its data, Adam's second moments decay into subnormal floats, which
@@ -376,7 +382,9 @@ def train_ts(
             raise InputError(f"--steps must be at least 1, got {steps}")
         per_epoch = -(-len(train) // settings.batch_size)
         settings = replace(settings, num_epochs=max(1, round(steps / per_epoch)))
-    transform = SeriesTransform.fit(train, length=length)
+    if variable_length not in ("mask", "stretch"):
+        raise InputError(f"--variable_length must be 'mask' or 'stretch', got {variable_length!r}")
+    transform = SeriesTransform.fit(train, length=length, stretch=variable_length == "stretch")
     shape = {}
     if patch_size is not None:
         shape["patch_size"] = auto_patch_size(length, target_tokens) if patch_size == "auto" else int(patch_size)
