@@ -230,3 +230,31 @@ def test_array_writer_rejects_misfit_blocks(tmp_path: Path) -> None:
             writer.write(0, np.zeros((1, 3), np.uint8))
         with pytest.raises(TypeError):
             writer.write(0, np.zeros((1, 2), np.float64))  # would silently truncate
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
+def test_rows_read_from_a_memory_mapped_file_do_not_stay_resident(tmp_path):
+    from dust.data.arrays import release_row
+    from dust.data.datasets import ArrayRows, as_float32
+
+    rows = np.random.default_rng(0).integers(0, 255, (48, 1024 * 1024), dtype=np.uint8)  # 48 MiB, 1 MiB a row
+    np.save(tmp_path / "big.npy", rows)
+    kept, released = load_array(tmp_path / "big.npy"), load_array(tmp_path / "big.npy")
+    before = _rss_file_kib()
+    total = sum(int(kept[i][::4096].sum()) for i in range(len(kept)))  # touches every page of every row
+    grown = _rss_file_kib() - before
+    assert grown > 40 * 1024  # plain memory-mapped reading keeps the file resident
+    dataset = ArrayRows([released], [as_float32])
+    before = _rss_file_kib()
+    assert sum(int(dataset[i][0][::4096].sum()) for i in range(len(dataset))) == total
+    assert _rss_file_kib() - before < 8 * 1024  # each row is let go once copied
+    np.testing.assert_array_equal(released[7], rows[7])  # and reads the same afterwards
+    release_row(rows, 3)  # an array in memory: nothing happens
+    np.testing.assert_array_equal(rows[3], released[3])

@@ -33,6 +33,7 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute Swin blocks in backward")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -57,14 +58,14 @@ def _child(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     train_video(settings, path_video_train=args.data / "video_train.npy", path_video_val=args.data / "video_val.npy",
                 path_label_train=args.data / "label_train.npy", path_label_val=args.data / "label_val.npy",
-                model_preset=args.preset)
+                model_preset=args.preset, grad_checkpointing=args.grad_checkpointing)
     args.report.write_text(json.dumps({"after_imports": after_imports, "status": proc_status(),
                                        "seconds": time.perf_counter() - start}))
 
 
 def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batches: int = 0,
                         n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
-                        workdir: Path | None = None) -> dict[str, Any]:
+                        workdir: Path | None = None, grad_checkpointing: bool = False) -> dict[str, Any]:
     """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time."""
     import torch
 
@@ -81,7 +82,8 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         report = root / "report.json"
         cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(root / "work"),
                "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
-               "--threads", str(threads), "--report", str(report)]
+               "--threads", str(threads), "--report", str(report),
+               *(["--grad-checkpointing"] if grad_checkpointing else [])]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak_rss = peak_anon = 0
         while child.poll() is None:
@@ -104,6 +106,7 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         "batches": limit_batches or -(-n_train // batch_size),
         "batch_size": batch_size,
         "n_train": n_train,
+        "grad_checkpointing": grad_checkpointing,
     }
 
 

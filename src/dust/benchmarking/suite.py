@@ -98,14 +98,17 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                               workdir=workdir)
     rows += seed + [loader, features]
 
-    say("stage-1 epoch memory")
-    memory = stage1_epoch_memory(limit_batches=config.memory_limit_batches, workdir=workdir)
-    scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
-    rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"], "eager",
-                    note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
-                         f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
-                         f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
-                    extra=memory))
+    for checkpointing in (False, True):
+        say("stage-1 epoch memory" + (", --grad_checkpointing" if checkpointing else ""))
+        memory = stage1_epoch_memory(limit_batches=config.memory_limit_batches, workdir=workdir,
+                                     grad_checkpointing=checkpointing)
+        scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
+        rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
+                        "grad ckpt" if checkpointing else "eager",
+                        note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
+                             f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
+                             f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
+                        extra=memory))
 
     say("matmul peak, again")
     peaks.append(matmul_peak(device, peak_dtype))

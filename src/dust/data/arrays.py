@@ -8,6 +8,7 @@ it is complete: readers never see a half-written file.
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 import pickle
 import pickletools
@@ -23,7 +24,7 @@ from numpy.lib.format import MAGIC_PREFIX, open_memmap, write_array
 
 from ..atomic import atomic_output, temp_sibling
 
-__all__ = ["ArrayFileError", "ArrayWriter", "load_array", "save_array"]
+__all__ = ["ArrayFileError", "ArrayWriter", "load_array", "release_row", "save_array"]
 
 PathLike = str | os.PathLike[str]
 
@@ -136,6 +137,30 @@ def _load_npz(path: Path) -> np.ndarray:
         if len(keys) != 1:
             raise ArrayFileError(path, f"expected exactly one array in the .npz, found {len(keys)}: {keys}")
         return archive[keys[0]]
+
+
+def release_row(array: np.ndarray, row: int) -> None:
+    """Unmap row ``row`` of a memory-mapped array (from :func:`load_array`) from this process once read.
+
+    Reading a memory-mapped file makes its pages part of the process's resident set, so an
+    epoch over a large ``.npy`` file would show the file's size as memory. Releasing each row
+    after it is copied keeps the resident set to what the process holds; the pages stay in
+    the kernel's page cache, so reading them again costs no disk access. Other arrays: no-op.
+    """
+    mapping = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+    advice = getattr(mmap_module, "MADV_DONTNEED", None)
+    if mapping is None or advice is None or getattr(array, "mode", None) != "r" or not array.flags.c_contiguous:
+        return
+    lead = array.offset % mmap_module.ALLOCATIONGRANULARITY  # the mapping starts this far before the data
+    if lead + array.nbytes != len(mapping):  # a view of part of the file: leave it alone
+        return
+    start = lead + row * array.strides[0]
+    end = start + array.strides[0]
+    start -= start % mmap_module.PAGESIZE
+    try:
+        mapping.madvise(advice, start, end - start)
+    except (OSError, ValueError):  # advice only: never fail a read over it
+        pass
 
 
 def load_array(path: PathLike, *, mmap: bool = True) -> np.ndarray:

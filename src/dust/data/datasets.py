@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from .arrays import release_row
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -217,6 +218,8 @@ class ArrayRows(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
         items = tuple(t(a[i]) for a, t in zip(self.arrays, self.transforms))
+        for array in self.arrays:  # rows are copied by now: memory-mapped pages need not stay resident
+            release_row(array, i)
         return items if self.labels is None else (*items, self.labels[i])
 
 
