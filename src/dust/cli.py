@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from . import __version__
+from .allocator import keep_large_allocations
 from .errors import InputError
 from .models.weights import WeightsError
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dust`` with ``argv`` (default: the process arguments); returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_large_allocations()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..allocator import keep_large_allocations
 from .measure import proc_status
 
 __all__ = ["stage1_epoch_memory"]
@@ -36,6 +37,7 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute Swin blocks in backward")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
+    keep_large_allocations()  # as the `dust` command does
 
     import lightning
     import torch
