@@ -98,9 +98,10 @@ def test_recipe_stretches_variable_length_series(tmp_path):
     # row 3 (12 steps) is its standardised self, linearly resampled to 40 steps: ends kept, no filler
     body = (padded[3, 0, :12] - transform.mean[0]) / transform.std[0]
     torch.testing.assert_close(rows[3, 0, [0, -1]], torch.tensor(body[[0, -1]]), atol=1e-5, rtol=0)
-    # a series padded wider at prediction time comes out the same
-    wider = np.concatenate([padded[3], np.full((1, 9), np.nan, np.float32)], axis=-1)
-    torch.testing.assert_close(SeriesTransform(**{**ckpt.meta["series_transform"]})(wider), rows[3])
+    # a series padded wider at prediction time comes out the same, a full-length one too
+    for row in (3, 0):
+        wider = np.concatenate([padded[row], np.full((1, 9), np.nan, np.float32)], axis=-1)
+        torch.testing.assert_close(transform(wider), rows[row])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="aeon (the [bench] extra) is not installed")

@@ -124,3 +124,16 @@ def test_augment_unchanged_for_complete_series_without_crop():
     expected = scaled[:, index]
     expected = expected + 0.03 * torch.randn_like(expected)
     torch.testing.assert_close(a, expected)
+
+
+@pytest.mark.parametrize("stretch", [False, True])
+def test_transform_does_not_depend_on_how_much_padding_follows(stretch):
+    series = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2, 5), np.float32)]
+    padded = pad_series(series)  # (2, 2, 5): the training arrays
+    transform = SeriesTransform.fit(padded, length=10, stretch=stretch)
+    for row in padded:
+        wider = np.concatenate([row, np.full((2, 4), np.nan, np.float32)], axis=-1)
+        torch.testing.assert_close(transform(wider), transform(row), equal_nan=True)
+    assert series_length(transform(padded[0])) == (10 if stretch else 6)  # 3 of 5 steps -> 6 of 10
+    longer = np.arange(14, dtype=np.float32).reshape(2, 7)  # longer than any training series
+    assert transform(longer).shape == (2, 10) and torch.isfinite(transform(longer)).all()

@@ -99,16 +99,22 @@ def pad_series(series: Sequence[np.ndarray], length: int | None = None) -> np.nd
 class SeriesTransform:
     """One series ``(C, L)`` to float32, standardised per channel; ``length`` resamples linearly.
 
-    NaN-padded (variable-length) series stay NaN-padded: only the valid part is resampled,
-    by the same factor ``length / L`` as a full series, and padded back to ``length`` with NaN.
+    Series are taken to come at the time scale of the training arrays, ``source_length``
+    steps wide, and are resampled by ``length / source_length``. NaN-padded (variable-length)
+    series stay NaN-padded: only their valid part is resampled, then padded back to
+    ``length`` with NaN (a series too long for ``length`` is squeezed into it), so how much
+    padding an input carries changes nothing. With ``stretch`` every valid part is resampled
+    to the full ``length`` instead.
     """
 
     mean: Sequence[float] = field(default_factory=list)
     std: Sequence[float] = field(default_factory=list)
     length: int | None = None
     stretch: bool = False
-    """Resample every series' valid part to the full length (``length``, else the array's width):
-    variable-length series become equal-length ones, as for gestures whose speed varies."""
+    """Resample every series' valid part to the full ``length``: variable-length series become
+    equal-length ones, as for gestures whose speed varies."""
+    source_length: int | None = None
+    """Width of the training arrays (None: each input's own width)."""
 
     @classmethod
     def fit(cls, series: np.ndarray, length: int | None = None, stretch: bool = False) -> "SeriesTransform":
@@ -117,29 +123,29 @@ class SeriesTransform:
         mean = np.nanmean(flat, axis=1)
         std = np.nanstd(flat, axis=1)
         std = np.where(std > 1e-8, std, 1.0)
-        return cls(mean=mean.tolist(), std=std.tolist(), length=length, stretch=stretch)
+        return cls(mean=mean.tolist(), std=std.tolist(), length=length, stretch=stretch,
+                   source_length=int(series.shape[-1]))
 
     def __call__(self, series: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.array(series, dtype=np.float32))
         if self.mean:
             x = (x - torch.tensor(self.mean, dtype=x.dtype)[:, None]) / torch.tensor(self.std, dtype=x.dtype)[:, None]
+        if self.length is None:
+            return x
+        valid = series_length(x) if torch.isnan(x).any() else x.shape[-1]
         if self.stretch:
-            valid, target = series_length(x), self.length or x.shape[-1]
-            if valid != target:
-                x = F.interpolate(x[None, :, :max(valid, 1)], size=target, mode="linear", align_corners=True)[0]
-        elif self.length is not None and x.shape[-1] != self.length:
-            valid = series_length(x)
-            if valid == x.shape[-1]:
-                x = F.interpolate(x[None], size=self.length, mode="linear", align_corners=True)[0]
-            else:  # resample the series, never across its padding
-                size = min(self.length, max(1, round(valid * self.length / x.shape[-1])))
-                body = F.interpolate(x[None, :, :max(valid, 1)], size=size, mode="linear", align_corners=True)[0]
-                x = F.pad(body, (0, self.length - size), value=float("nan"))
-        return x
+            size = self.length
+        else:
+            size = min(self.length, max(1, round(valid * self.length / (self.source_length or x.shape[-1]))))
+        body = x[:, :max(valid, 1)]  # resample the series, never across its padding
+        if size != body.shape[-1]:
+            body = F.interpolate(body[None], size=size, mode="linear", align_corners=True)[0]
+        return F.pad(body, (0, self.length - size), value=float("nan")) if size < self.length else body
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, to store in a checkpoint."""
-        return {"mean": list(self.mean), "std": list(self.std), "length": self.length, "stretch": self.stretch}
+        return {"mean": list(self.mean), "std": list(self.std), "length": self.length, "stretch": self.stretch,
+                "source_length": self.source_length}
 
 
 def as_float32(row: np.ndarray) -> Tensor:
