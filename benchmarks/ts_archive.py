@@ -176,21 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="DuST's recipe (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="MiniRocket's random state (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for DuST; 0: torch's default. One is as fast for these small "
-                             "models and much faster when the other core is busy (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for DuST; 0: torch's default, every core. Give 1 when other "
+                             "work shares the CPU (default: %(default)s)")
     parser.add_argument("--skip_dtw", action="store_true", help="leave 1-NN DTW out (it is slow on long series)")
     parser.add_argument("dust_flags", nargs=argparse.REMAINDER,
                         help="after --: extra `dust train-ts` flags overriding the recipe (e.g. -- --num_epochs 2)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or torch.get_num_threads()  # set again before every fit (see run_dust)
+    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # as `dust train-ts` does: subnormal floats stall CPU arithmetic
     warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")  # numpy notices the flush
     overrides = [f for f in args.dust_flags if f != "--"]
     rows = []
     for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
-        row = benchmark(name, args.config, overrides, args.seed, args.skip_dtw, args.threads)
+        row = benchmark(name, args.config, overrides, args.seed, args.skip_dtw, threads)
         print(f"{name}: DuST {row['dust_accuracy']:.3f} ({row['dust_seconds']:.0f} s), "
               f"MiniRocket {row['minirocket_accuracy']:.3f}, 1-NN DTW "
               f"{'—' if row['dtw_accuracy'] is None else format(row['dtw_accuracy'], '.3f')}", file=sys.stderr,

@@ -13,7 +13,7 @@ import torch
 from dust.checkpoint import load_checkpoint
 from dust.cli import PARSERS, apply_config, build_parser, main, read_config
 from dust.data.datasets import SeriesTransform, pad_series
-from dust.models import TimeSeriesSwin
+from dust.models import SeriesEnsemble, TimeSeriesSwin
 from dust.training.stages import auto_patch_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +102,31 @@ def test_recipe_stretches_variable_length_series(tmp_path):
     for row in (3, 0):
         wider = np.concatenate([padded[row], np.full((1, 9), np.nan, np.float32)], axis=-1)
         torch.testing.assert_close(transform(wider), rows[row])
+
+
+def test_ensemble_members_train_apart_and_predict_together(tmp_path, capsys):
+    x, y = _series(12, 2, 30, seed=3)
+    path = _train(tmp_path, x, y, "--ensemble", "2")
+    for index in range(2):  # each member is a run of its own
+        assert (tmp_path / "model" / f"member{index}" / "final_1d.pth").is_file()
+    ckpt = load_checkpoint(path, expect="ts")
+    model = ckpt.build()
+    assert isinstance(model, SeriesEnsemble) and ckpt.config["members"] == 2
+    first, second = model.members
+    assert not torch.equal(first.head.weight, second.head.weight)  # seeds differ
+    rows = torch.stack([SeriesTransform(**ckpt.meta["series_transform"])(s) for s in x])
+    with torch.no_grad():
+        mean = torch.stack([member(rows).softmax(-1) for member in model.members]).mean(0)
+        torch.testing.assert_close(model(rows).softmax(-1), mean)
+    assert 0.0 <= ckpt.meta["metrics"]["val_accuracy"] <= 1.0
+    # a finished ensemble is kept unless replaced on purpose; stage 4 wants one model
+    capsys.readouterr()
+    assert main(["train-ts", "--config", str(CONFIG), "--path_kine_train", str(tmp_path / "x.npy"),
+                 "--path_label_train", str(tmp_path / "y.npy"), "--path_kine_val", str(tmp_path / "x.npy"),
+                 "--path_label_val", str(tmp_path / "y.npy"), "--outpath", str(tmp_path / "model"),
+                 "--ensemble", "2", "--no_progress"]) == 2
+    assert main(["train-fusion", "--ts_checkpoint", str(path), "--no_progress"]) == 2
+    assert "ensemble of 2" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="aeon (the [bench] extra) is not installed")

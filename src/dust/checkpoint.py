@@ -11,7 +11,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_output
-from .models import DuST, TimeSeriesSwin, VideoSwin
+from .models import DuST, SeriesEnsemble, TimeSeriesSwin, VideoSwin
 from .models.weights import WeightsError, load_weights, to_tensors
 
 __all__ = ["Checkpoint", "ModelKind", "build_model", "load_checkpoint", "save_checkpoint"]
@@ -47,10 +47,14 @@ def build_model(kind: ModelKind, config: dict[str, Any]) -> nn.Module:
     config = dict(config)
     if kind == "fusion":
         return DuST(config.pop("video_feature_dim"), **config)
+    if kind == "ts" and "members" in config:
+        return SeriesEnsemble(**config)
     return _CLASSES[kind](**config)
 
 
 def _kind_of(model: nn.Module) -> ModelKind:
+    if isinstance(model, SeriesEnsemble):
+        return "ts"
     for kind, cls in _CLASSES.items():
         if isinstance(model, cls):
             return kind  # type: ignore[return-value]

@@ -185,6 +185,9 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
              help="train for about this many optimizer steps: sets --num_epochs from the training set's size")
     add_flag(parser, "variable_length", choices=["mask", "stretch"], default="mask",
              help="NaN-padded series: mask the padding, or stretch each series to the full length (default: mask)")
+    add_flag(parser, "ensemble", type=int, default=1,
+             help="train this many models (seeds seed, seed+1, ...) and predict with their mean probability "
+                  "(default: %(default)s)")
 
 
 def _patch_size(value: object) -> int | str | None:
@@ -207,6 +210,7 @@ def train_ts_command(args: argparse.Namespace) -> StageResult:
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
         augment=augment, patch_size=_patch_size(args.patch_size), window_size=args.window_size,
         target_tokens=args.target_tokens, steps=args.steps, variable_length=args.variable_length,
+        ensemble=args.ensemble,
     )
     report("time series (stage 2)", result)
     return result

@@ -8,6 +8,7 @@ from .convert import (
     load_ts_backbone,
     reference_video_to_torchvision,
 )
+from .ensemble import SeriesEnsemble
 from .fusion import DuST
 from .presets import get_preset, list_presets
 from .ts_swin import TimeSeriesSwin
@@ -17,6 +18,7 @@ from .weights import LoadReport, WeightsError, count_parameters, load_weights, r
 __all__ = [
     "DuST",
     "LoadReport",
+    "SeriesEnsemble",
     "TimeSeriesSwin",
     "VideoSwin",
     "WeightsError",

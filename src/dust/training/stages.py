@@ -13,13 +13,13 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data.arrays import ArrayFileError, load_array
 from ..data.datasets import (
     ArrayRows,
@@ -33,7 +33,8 @@ from ..data.datasets import (
     inverse_frequency_weights,
 )
 from ..errors import InputError
-from ..models import DuST, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
+from ..evaluation.metrics import classification_report
+from ..models import DuST, SeriesEnsemble, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
 from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
@@ -357,6 +358,7 @@ def train_ts(
     target_tokens: int = 32,
     steps: int | None = None,
     variable_length: str = "mask",
+    ensemble: int = 1,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
@@ -368,6 +370,8 @@ def train_ts(
     steps, so that small data sets are not under-trained and larger ones not over-run.
     ``variable_length="stretch"`` resamples each series' valid part to the full length instead of
     masking its padding (the transform, stored in the checkpoint, does the same at prediction).
+    ``ensemble`` > 1 trains that many models one after another (seeds ``seed``, ``seed + 1``, ...;
+    each in ``OUTPATH/memberI``) and saves them as one :class:`SeriesEnsemble` in ``final_1d.pth``.
     """
     _prepare(settings)
     # Once a small model fits its data, Adam's second moments decay into subnormal floats, which
@@ -390,14 +394,70 @@ def train_ts(
         shape["patch_size"] = auto_patch_size(length, target_tokens) if patch_size == "auto" else int(patch_size)
     if window_size is not None:
         shape["window_size"] = int(window_size)
-    model = TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
-                                       num_classes=settings.num_classes, **shape)
+    if ensemble < 1:
+        raise InputError(f"--ensemble must be at least 1, got {ensemble}")
+
+    def build() -> TimeSeriesSwin:
+        return TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
+                                          num_classes=settings.num_classes, **shape)
+
     meta = {"series_transform": transform.to_dict(), "ingest": _ingest_settings(path_kine_train)}
     if augment is True:
         augment = SeriesAugment()
     train_transform = Compose(transform, augment) if augment else transform
-    return _fit("step_1d", "final_1d.pth", model, ArrayRows([train], [train_transform], labels_train),
-                ArrayRows([val], [transform], labels_val), settings, model_preset, meta)
+    train_rows = ArrayRows([train], [train_transform], labels_train)
+    val_rows = ArrayRows([val], [transform], labels_val)
+    if ensemble == 1:
+        return _fit("step_1d", "final_1d.pth", build(), train_rows, val_rows, settings, model_preset, meta)
+    return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta)
+
+
+def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayRows, val: ArrayRows,
+                  settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
+    """``count`` models trained one after another, each by :func:`_fit` in ``OUTPATH/memberI`` with seed
+    ``seed + I``; saved together as a :class:`SeriesEnsemble` in ``OUTPATH/final_1d.pth``.
+
+    With ``--resume`` finished members are loaded, an interrupted one continues, the rest start.
+    The result's figures are the ensemble's on the validation rows.
+    """
+    start = time.perf_counter()
+    final = Path(settings.outpath) / "final_1d.pth"
+    if settings.resume_from is not None:
+        raise InputError("--resume_from takes one run; resume an ensemble with --resume")
+    if final.exists() and not (settings.overwrite or settings.resume):
+        raise InputError(f"{settings.outpath}: holds a finished run (final_1d.pth); give --overwrite to replace it")
+    models = []
+    for index in range(count):
+        member = replace(settings, seed=settings.seed + index, outpath=Path(settings.outpath) / f"member{index}",
+                         logpath=Path(settings.logpath) / f"member{index}")
+        if settings.resume and (member.outpath / "final_1d.pth").is_file():
+            models.append(_checkpoint(member.outpath / "final_1d.pth", "ts", preset).build())
+            continue
+        member = replace(member, resume=settings.resume and (member.outpath / f"{RESUME_NAME}.ckpt").is_file())
+        L.seed_everything(member.seed, workers=True, verbose=False)  # each member its own initial weights
+        model = build()
+        _fit("step_1d", "final_1d.pth", model, train, val, member, preset, meta)
+        models.append(model)
+    ensemble = SeriesEnsemble.of(models).eval()
+    metrics = _evaluate_rows(ensemble, val, settings.num_classes)
+    save_checkpoint(final, ensemble, preset=preset, **meta, num_classes=settings.num_classes,
+                    class_names=settings.class_names, stage="step_1d", epoch=settings.num_epochs, metrics=metrics)
+    return StageResult(settings.num_epochs, metrics["val_accuracy"], metrics["val_macro_f1"], metrics["val_loss"],
+                       time.perf_counter() - start, [])
+
+
+def _evaluate_rows(model: torch.nn.Module, rows: ArrayRows, num_classes: int) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 of ``model`` (which returns log-probabilities or logits)."""
+    batches = torch.utils.data.DataLoader(rows, batch_size=256)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for x, y in batches:
+            logits.append(model(x))
+            labels.append(y)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    report = classification_report(labels.numpy(), logits.argmax(1).numpy(), [str(i) for i in range(num_classes)])
+    return {"val_loss": float(torch.nn.functional.cross_entropy(logits, labels)), "val_accuracy": report.accuracy,
+            "val_macro_f1": report.macro_f1, "val_count": len(labels)}
 
 
 def _checkpoint(path: Path, kind: str, model_preset: str | None) -> Checkpoint:
@@ -474,6 +534,9 @@ def train_fusion(
     """Stage 4: train :class:`DuST` on series and video features, its backbone from stage 2."""
     _prepare(settings)
     ckpt = _checkpoint(Path(ts_checkpoint), "ts", model_preset)
+    if "members" in ckpt.config:
+        raise InputError(f"{ts_checkpoint}: holds an ensemble of {ckpt.config['members']} time-series models; "
+                         f"stage 4 starts from one (train stage 2 with --ensemble 1)")
     if num_frames is not None and num_frames != ckpt.config["seq_len"]:
         raise InputError(f"{ts_checkpoint}: trained on series of length {ckpt.config['seq_len']}, "
                          f"--num_frames says {num_frames}")
