@@ -257,3 +257,9 @@ def test_feature_extraction_is_repeatable(trained, tmp_path):
 def test_run_is_one_process(tmp_path, capsys):
     assert main(["run", "--workdir", str(tmp_path), "--devices", "2"]) == 2
     assert "one process" in capsys.readouterr().err
+
+
+def test_run_refuses_an_ensemble_that_stage_4_cannot_start_from(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path), "--ensemble", "3"]) == 2
+    assert "stage 4 starts from one" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any stage ran

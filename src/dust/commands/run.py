@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         if str(getattr(stage_args, "devices", "1")) != "1" or getattr(stage_args, "num_nodes", 1) != 1:
             raise InputError(f"`dust run` is one process; run `dust {name}` on its own for several devices "
                              f"(see README: Scaling out)")
+    ts_args = parsed.get("train-ts", (None,))[0]
+    if "train-fusion" in parsed and ts_args is not None and getattr(ts_args, "ensemble", 1) != 1:
+        raise InputError("--ensemble: stage 4 starts from one time-series model; run `dust train-ts --ensemble` "
+                         "on its own for an ensemble")
 
     start = time.perf_counter()
     done: dict[str, Any] = {}
