@@ -34,7 +34,15 @@ from ..data.datasets import (
 )
 from ..errors import InputError
 from ..evaluation.metrics import classification_report
-from ..models import DuST, SeriesEnsemble, TimeSeriesSwin, VideoSwin, load_imagenet_2d, load_kinetics400, load_ts_backbone
+from ..models import (
+    DuST,
+    SeriesEnsemble,
+    TimeSeriesSwin,
+    VideoSwin,
+    load_imagenet_2d,
+    load_kinetics400,
+    load_ts_backbone,
+)
 from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
