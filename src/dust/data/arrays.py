@@ -139,17 +139,23 @@ def _load_npz(path: Path) -> np.ndarray:
         return archive[keys[0]]
 
 
+_RELEASE_MIN_BYTES = 64 << 10
+
+
 def release_row(array: np.ndarray, row: int) -> None:
     """Unmap row ``row`` of a memory-mapped array (from :func:`load_array`) from this process once read.
 
     Reading a memory-mapped file makes its pages part of the process's resident set, so an
     epoch over a large ``.npy`` file would show the file's size as memory. Releasing each row
     after it is copied keeps the resident set to what the process holds; the pages stay in
-    the kernel's page cache, so reading them again costs no disk access. Other arrays: no-op.
+    the kernel's page cache, so reading them again costs no disk access. Rows under 64 KiB
+    (series, features) and arrays not memory-mapped are left alone.
     """
     mapping = getattr(array, "_mmap", None)  # np.memmap keeps its mmap.mmap here
     advice = getattr(mmap_module, "MADV_DONTNEED", None)
     if mapping is None or advice is None or getattr(array, "mode", None) != "r" or not array.flags.c_contiguous:
+        return
+    if array.strides[0] < _RELEASE_MIN_BYTES:  # rows of a few pages share them: a syscall per row buys nothing
         return
     lead = array.offset % mmap_module.ALLOCATIONGRANULARITY  # the mapping starts this far before the data
     if lead + array.nbytes != len(mapping):  # a view of part of the file: leave it alone
