@@ -129,6 +129,22 @@ def test_ensemble_members_train_apart_and_predict_together(tmp_path, capsys):
     assert "ensemble of 2" in capsys.readouterr().err
 
 
+def test_interrupted_ensemble_resumes(tmp_path):
+    x, y = _series(12, 2, 30, seed=4)
+    path = _train(tmp_path, x, y, "--ensemble", "2")
+    before = load_checkpoint(path, expect="ts").state_dict
+    path.unlink()  # as if killed while the second member trained: the first is finished
+    (tmp_path / "model" / "member1" / "final_1d.pth").unlink()
+    first = tmp_path / "model" / "member0" / "final_1d.pth"
+    stamp = first.stat().st_mtime_ns
+    assert _train(tmp_path, x, y, "--ensemble", "2", "--resume") == path
+    assert first.stat().st_mtime_ns == stamp  # loaded, not trained again
+    after = load_checkpoint(path, expect="ts").state_dict
+    assert after.keys() == before.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], msg=key)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="aeon (the [bench] extra) is not installed")
 def test_benchmark_runs_end_to_end(tmp_path):
     spec = importlib.util.spec_from_file_location("ts_archive", ROOT / "benchmarks" / "ts_archive.py")
