@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from . import __version__
-from .allocator import keep_large_allocations
+from .allocator import configure_malloc
 from .errors import InputError
 from .models.weights import WeightsError
 
@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dust`` with ``argv`` (default: the process arguments); returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    keep_large_allocations()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        configure_malloc()
         args = _parse(parser, argv)
         if args.config:
             apply_config(args._parser, args.config, args.command, strict_keys=args.command != "run")

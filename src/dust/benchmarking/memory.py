@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..allocator import keep_large_allocations
+from ..allocator import configure_malloc
 from .measure import proc_status
 
 __all__ = ["stage1_epoch_memory"]
@@ -37,7 +37,7 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute Swin blocks in backward")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
-    keep_large_allocations()  # as the `dust` command does
+    configure_malloc()  # as the `dust` command does (the parent sets DUST_MALLOC)
 
     import lightning
     import torch
@@ -67,8 +67,12 @@ def _child(argv: list[str] | None = None) -> None:
 
 def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batches: int = 0,
                         n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
-                        workdir: Path | None = None, grad_checkpointing: bool = False) -> dict[str, Any]:
-    """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time."""
+                        workdir: Path | None = None, grad_checkpointing: bool = False,
+                        malloc: str = "fast") -> dict[str, Any]:
+    """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time.
+
+    ``malloc`` is the child's ``DUST_MALLOC`` (see :func:`dust.allocator.configure_malloc`).
+    """
     import torch
 
     from ..data.toy import generate_toy_data
@@ -86,7 +90,8 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
                "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
                "--threads", str(threads), "--report", str(report),
                *(["--grad-checkpointing"] if grad_checkpointing else [])]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env={**os.environ, "DUST_MALLOC": malloc})
         peak_rss = peak_anon = 0
         while child.poll() is None:
             status = proc_status(child.pid)
@@ -109,6 +114,7 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         "batch_size": batch_size,
         "n_train": n_train,
         "grad_checkpointing": grad_checkpointing,
+        "malloc": malloc,
     }
 
 

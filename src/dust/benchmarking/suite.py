@@ -98,13 +98,13 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                               workdir=workdir)
     rows += seed + [loader, features]
 
-    for checkpointing in (False, True):
-        say("stage-1 epoch memory" + (", --grad_checkpointing" if checkpointing else ""))
+    for malloc, checkpointing in (("fast", False), ("lean", False), ("lean", True)):
+        say(f"stage-1 epoch memory, DUST_MALLOC={malloc}" + (", --grad_checkpointing" if checkpointing else ""))
         memory = stage1_epoch_memory(limit_batches=config.memory_limit_batches, workdir=workdir,
-                                     grad_checkpointing=checkpointing)
+                                     grad_checkpointing=checkpointing, malloc=malloc)
         scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
         rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
-                        "grad ckpt" if checkpointing else "eager",
+                        f"{malloc} malloc" + (", grad ckpt" if checkpointing else ""),
                         note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
                              f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
                              f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
