@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dust.models import TimeSeriesSwin
-from dust.models.ts_swin import ShiftedWindowAttention1d
+from dust.models.ts_swin import ShiftedWindowAttention1d, with_difference
 
 TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
 
@@ -108,3 +108,13 @@ def test_padding_content_never_reaches_the_output(monkeypatch, mask_mode, ignore
         monkeypatch.setattr(ts_swin, "pad_right", garbage_pad)
         noisy = model(x)
     assert torch.allclose(clean, noisy, atol=1e-5) == ignores_padding
+
+
+def test_derivative_channels_are_the_first_difference():
+    x = torch.tensor([[[1.0, 4.0, 2.0, 2.0]]])
+    torch.testing.assert_close(with_difference(x), torch.tensor([[[1.0, 4.0, 2.0, 2.0], [0.0, 3.0, -2.0, 0.0]]]))
+    model = TimeSeriesSwin(seq_len=16, in_chans=3, num_classes=2, embed_dim=8, depths=(1,), num_heads=(1,),
+                           window_size=4, derivative=True)
+    assert model.patch_embed.proj.in_channels == 6 and model.config["derivative"] is True
+    assert model(torch.randn(2, 3, 16)).shape == (2, 2)
+    assert "derivative" not in TimeSeriesSwin(seq_len=16, embed_dim=8, depths=(1,), num_heads=(1,)).config

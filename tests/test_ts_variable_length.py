@@ -13,10 +13,11 @@ from dust.models.ts_swin import series_lengths
 TINY = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 2), window_size=4)
 
 
-def _model(length: int, patch_size: int, mask_mode: str = "correct", conv_stem: int = 0) -> TimeSeriesSwin:
+def _model(length: int, patch_size: int, mask_mode: str = "correct", conv_stem: int = 0,
+           derivative: bool = False) -> TimeSeriesSwin:
     torch.manual_seed(0)
     model = TimeSeriesSwin(seq_len=length, in_chans=2, num_classes=3, patch_size=patch_size, mask_mode=mask_mode,
-                           conv_stem=conv_stem, **TINY).eval()
+                           conv_stem=conv_stem, derivative=derivative, **TINY).eval()
     for module in model.modules():  # non-zero norms, so every block does something
         if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm1d)):
             torch.nn.init.normal_(module.weight)
@@ -37,11 +38,12 @@ def test_series_lengths_reads_trailing_nan():
     assert series_length(x[0]) == 7 and series_length(x[0].numpy()) == 7
 
 
-@pytest.mark.parametrize(("patch_size", "mask_mode", "conv_stem"),
-                         [(1, "correct", 0), (3, "correct", 0), (3, "reference", 0), (2, "correct", 6)])
-def test_features_do_not_depend_on_padding(patch_size, mask_mode, conv_stem):
+@pytest.mark.parametrize(("patch_size", "mask_mode", "conv_stem", "derivative"),
+                         [(1, "correct", 0, False), (3, "correct", 0, False), (3, "reference", 0, False),
+                          (2, "correct", 6, False), (3, "correct", 0, True), (2, "correct", 6, True)])
+def test_features_do_not_depend_on_padding(patch_size, mask_mode, conv_stem, derivative):
     """A series' features are the same alone, NaN-padded to any width, or beside longer series."""
-    model = _model(40, patch_size, mask_mode, conv_stem)
+    model = _model(40, patch_size, mask_mode, conv_stem, derivative)
     for length in (1, 5, 22, 39):
         x = torch.randn(1, 2, length)
         padded = [_nan_pad(x, width) for width in (40, 47)]
@@ -55,8 +57,9 @@ def test_features_do_not_depend_on_padding(patch_size, mask_mode, conv_stem):
         torch.testing.assert_close(got[0], by_lengths, atol=1e-5, rtol=1e-5)
 
 
-def test_filler_values_never_reach_the_output():
-    model = _model(30, 2, conv_stem=4)
+@pytest.mark.parametrize("derivative", [False, True])
+def test_filler_values_never_reach_the_output(derivative):
+    model = _model(30, 2, conv_stem=4, derivative=derivative)
     x = _nan_pad(torch.randn(2, 2, 17), 30)
     lengths = series_lengths(x)
     garbage = torch.randn(2, 2, 30) * 100  # anything beyond the lengths must be ignored

@@ -42,6 +42,7 @@ __all__ = [
     "TimeSeriesSwin",
     "series_lengths",
     "shift_window_mask_1d",
+    "with_difference",
 ]
 
 MaskMode = Literal["correct", "reference"]
@@ -79,6 +80,11 @@ def series_lengths(x: Tensor) -> Tensor:
 def valid_tokens(lengths: Tensor, size: int) -> Tensor:
     """``(B,)`` valid lengths -> ``(B, size)`` bool, True on the first ``lengths[b]`` tokens."""
     return torch.arange(size, device=lengths.device)[None] < lengths[:, None]
+
+
+def with_difference(x: Tensor) -> Tensor:
+    """``(B, C, L)`` -> ``(B, 2C, L)``: the series, then its first difference (0 at the first step)."""
+    return torch.cat([x, F.pad(x.diff(dim=-1), (1, 0))], dim=1)
 
 
 def relative_position_index_1d(window: int) -> Tensor:
@@ -426,6 +432,8 @@ class TimeSeriesSwin(nn.Module):
         mask_mode: ``"correct"`` (default) or ``"reference"`` (see :data:`MaskMode`).
         conv_stem: channels of a :class:`ConvStem1d` before the patch projection; 0 (default,
             the paper's layout): none.
+        derivative: also feed each channel's first difference ``x[t] - x[t-1]`` (0 at ``t = 0``),
+            so the network sees ``2 * in_chans`` channels; the input stays ``in_chans`` wide.
     """
 
     def __init__(
@@ -445,6 +453,7 @@ class TimeSeriesSwin(nn.Module):
         drop_path_rate: float = 0.1,
         mask_mode: MaskMode = "correct",
         conv_stem: int = 0,
+        derivative: bool = False,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -463,9 +472,12 @@ class TimeSeriesSwin(nn.Module):
         )
         if conv_stem:  # only when used, so configs of the paper's layout stay as they were
             self.config["conv_stem"] = conv_stem
+        if derivative:
+            self.config["derivative"] = True
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.patch_embed = PatchEmbed1d(in_chans, embed_dim, patch_size, conv_stem)
+        self.derivative = derivative
+        self.patch_embed = PatchEmbed1d(in_chans * (2 if derivative else 1), embed_dim, patch_size, conv_stem)
         self.pos_drop = nn.Dropout(drop_rate)
 
         total = sum(depths)
@@ -513,12 +525,15 @@ class TimeSeriesSwin(nn.Module):
         if has_nan or lengths is not None:
             x = torch.nan_to_num(x, nan=0.0)
         if lengths is None:  # full length: the reference path
-            x = self.pos_drop(self.patch_embed(x))
+            x = self.pos_drop(self.patch_embed(with_difference(x) if self.derivative else x))
             for stage in self.layers:
                 x, _ = stage(x)
             return self.norm(x).mean(dim=1)
         steps = valid_tokens(lengths, x.shape[-1])  # (B, L)
-        x = x * steps[:, None].to(x.dtype)  # zero the filler
+        keep = steps[:, None].to(x.dtype)
+        x = x * keep  # zero the filler
+        if self.derivative:
+            x = with_difference(x) * keep
         x = self.pos_drop(self.patch_embed(x, steps))
         lengths = -(-lengths // self.patch_embed.patch_size)  # ceil(len / p) tokens
         for stage in self.layers:
