@@ -32,6 +32,7 @@ def test_recipe_config_loads():
     model = TimeSeriesSwin.from_preset(args.model_preset, seq_len=251, in_chans=1, num_classes=3,
                                        patch_size=auto_patch_size(251, args.target_tokens))
     assert model(torch.randn(2, 1, 251)).shape == (2, 3)
+    assert model.config.get("derivative") is True  # the stem also reads the first difference
 
 
 def test_auto_patch_size():
