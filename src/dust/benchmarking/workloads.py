@@ -33,12 +33,17 @@ __all__ = ["Env", "Row", "bench_features", "bench_loader", "bench_ts", "bench_vi
 
 @dataclass
 class Env:
-    """Where and how to run: device, autocast dtype (None: full precision), timing repeats."""
+    """Where and how to run: device, autocast dtype (None: full precision), timing repeats.
+
+    ``warmup`` untimed calls come first: a training run's steps are timed in its steady state,
+    once the heap has grown to what a step needs (the first few steps of a process page-fault
+    through fresh memory) and oneDNN has built its kernels for the shapes.
+    """
 
     device: torch.device
     autocast: torch.dtype | None = None
     repeats: int = 3
-    warmup: int = 1
+    warmup: int = 3
 
     def autocast_context(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
