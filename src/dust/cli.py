@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dust`` argument parser with every registered subcommand."""
     from . import commands  # noqa: F401  (registers the subcommands)
 
-    parser = argparse.ArgumentParser(prog="dust", description="DuST: Dual Swin Transformer for video + time series.")
+    parser = argparse.ArgumentParser(
+        prog="dust", description="DuST: Dual Swin Transformer for video + time series.",
+        epilog="environment: DUST_MALLOC=fast (default: glibc keeps freed buffers for reuse, faster steps), "
+               "lean (large buffers go back to the system, less memory) or default (glibc's own settings)")
     parser.add_argument("--version", action="version", version=f"dust {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help, add_arguments, run in _COMMANDS:
