@@ -88,6 +88,17 @@ def test_fusion_backbone_starts_from_stage2(trained):
 
 
 
+def test_fusion_starts_from_a_model_saved_with_test_time_views(trained, tmp_path):
+    ts_out = tmp_path / "ts"
+    assert run_in(trained, ["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "1", "--test_shift", "0.1",
+                            "--outpath", str(ts_out), "--logpath", str(tmp_path / "logs")]) == 0
+    assert load_checkpoint(ts_out / "final_1d.pth", expect="ts").config["test_shift"] == 0.1
+    assert run_in(trained, ["train-fusion", *_data_flags("ts"), "--ts_checkpoint", str(ts_out / "final_1d.pth"),
+                            "--num_epochs", "1", "--batch_size", "4", "--outpath", str(tmp_path / "fused"),
+                            "--logpath", str(tmp_path / "logs"), "--no_progress"]) == 0
+    assert (tmp_path / "fused" / "final_fusion.pth").is_file()
+
+
 def test_fusion_refuses_misaligned_features(trained, capsys, tmp_path):
     short = tmp_path / "short.npy"
     np.save(short, load_array(trained / "video_features" / "train_3d_features.pkl")[:-1])

@@ -117,7 +117,8 @@ def test_ensemble_members_train_apart_and_predict_together(tmp_path, capsys):
     assert not torch.equal(first.head.weight, second.head.weight)  # seeds differ
     rows = torch.stack([SeriesTransform(**ckpt.meta["series_transform"])(s) for s in x])
     with torch.no_grad():
-        mean = torch.stack([member(rows).softmax(-1) for member in model.members]).mean(0)
+        assert len(model.views(rows)) == 5  # the recipe's test_shift: five time-shifted views
+        mean = torch.stack([m(view).softmax(-1) for view in model.views(rows) for m in model.members]).mean(0)
         torch.testing.assert_close(model(rows).softmax(-1), mean)
     assert 0.0 <= ckpt.meta["metrics"]["val_accuracy"] <= 1.0
     # a finished ensemble is kept unless replaced on purpose; stage 4 wants one model
@@ -128,6 +129,16 @@ def test_ensemble_members_train_apart_and_predict_together(tmp_path, capsys):
                  "--ensemble", "2", "--no_progress"]) == 2
     assert main(["train-fusion", "--ts_checkpoint", str(path), "--no_progress"]) == 2
     assert "ensemble of 2" in capsys.readouterr().err
+
+
+def test_test_shift_is_saved_with_the_model(tmp_path, capsys):
+    x, y = _series(12, 2, 30, seed=5)
+    ckpt = load_checkpoint(_train(tmp_path, x, y, "--ensemble", "1", "--test_shift", "0.1"), expect="ts")
+    model = ckpt.build()
+    assert isinstance(model, SeriesEnsemble) and len(model.members) == 1 and model.test_shift == 0.1
+    assert main(["train-ts", "--path_kine_train", str(tmp_path / "x.npy"), "--test_shift", "1.5",
+                 "--no_progress"]) == 2
+    assert "--test_shift is a fraction of the length in [0, 1), got 1.5" in capsys.readouterr().err
 
 
 def test_interrupted_ensemble_resumes(tmp_path):

@@ -367,6 +367,7 @@ def train_ts(
     steps: int | None = None,
     variable_length: str = "mask",
     ensemble: int = 1,
+    test_shift: float = 0.0,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
@@ -380,12 +381,18 @@ def train_ts(
     masking its padding (the transform, stored in the checkpoint, does the same at prediction).
     ``ensemble`` > 1 trains that many models one after another (seeds ``seed``, ``seed + 1``, ...;
     each in ``OUTPATH/memberI``) and saves them as one :class:`SeriesEnsemble` in ``final_1d.pth``.
+    ``test_shift`` > 0 makes that ensemble (of one model, too) predict from time-shifted views of
+    each series as well (test-time augmentation; see :class:`SeriesEnsemble`).
     """
     _prepare(settings)
     # Once a small model fits its data, Adam's second moments decay into subnormal floats, which
     # CPUs handle 10-100x slower: a run stalls. Flushing them to zero changes nothing else.
     torch.set_flush_denormal(True)
     warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")  # numpy notices the flush
+    if ensemble < 1:
+        raise InputError(f"--ensemble must be at least 1, got {ensemble}")
+    if not 0.0 <= test_shift < 1.0:
+        raise InputError(f"--test_shift is a fraction of the length in [0, 1), got {test_shift}")
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
@@ -402,8 +409,6 @@ def train_ts(
         shape["patch_size"] = auto_patch_size(length, target_tokens) if patch_size == "auto" else int(patch_size)
     if window_size is not None:
         shape["window_size"] = int(window_size)
-    if ensemble < 1:
-        raise InputError(f"--ensemble must be at least 1, got {ensemble}")
 
     def build() -> TimeSeriesSwin:
         return TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
@@ -415,15 +420,17 @@ def train_ts(
     train_transform = Compose(transform, augment) if augment else transform
     train_rows = ArrayRows([train], [train_transform], labels_train)
     val_rows = ArrayRows([val], [transform], labels_val)
-    if ensemble == 1:
+    if ensemble == 1 and not test_shift:
         return _fit("step_1d", "final_1d.pth", build(), train_rows, val_rows, settings, model_preset, meta)
-    return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta)
+    return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta, test_shift)
 
 
 def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayRows, val: ArrayRows,
-                  settings: TrainSettings, preset: str | None, meta: dict[str, Any]) -> StageResult:
+                  settings: TrainSettings, preset: str | None, meta: dict[str, Any],
+                  test_shift: float = 0.0) -> StageResult:
     """``count`` models trained one after another, each by :func:`_fit` in ``OUTPATH/memberI`` with seed
-    ``seed + I``; saved together as a :class:`SeriesEnsemble` in ``OUTPATH/final_1d.pth``.
+    ``seed + I``; saved together as a :class:`SeriesEnsemble` (predicting with ``test_shift``) in
+    ``OUTPATH/final_1d.pth``.
 
     With ``--resume`` finished members are loaded, an interrupted one continues, the rest start.
     The result's figures are the ensemble's on the validation rows.
@@ -446,7 +453,7 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
         model = build()
         _fit("step_1d", "final_1d.pth", model, train, val, member, preset, meta)
         models.append(model)
-    ensemble = SeriesEnsemble.of(models).eval()
+    ensemble = SeriesEnsemble.of(models, test_shift).eval()
     metrics = _evaluate_rows(ensemble, val, settings.num_classes)
     save_checkpoint(final, ensemble, preset=preset, **meta, num_classes=settings.num_classes,
                     class_names=settings.class_names, stage="step_1d", epoch=settings.num_epochs, metrics=metrics)
@@ -542,26 +549,30 @@ def train_fusion(
     """Stage 4: train :class:`DuST` on series and video features, its backbone from stage 2."""
     _prepare(settings)
     ckpt = _checkpoint(Path(ts_checkpoint), "ts", model_preset)
-    if "members" in ckpt.config:
-        raise InputError(f"{ts_checkpoint}: holds an ensemble of {ckpt.config['members']} time-series models; "
+    config, state = ckpt.config, ckpt.state_dict
+    if config.get("members", 1) > 1:
+        raise InputError(f"{ts_checkpoint}: holds an ensemble of {config['members']} time-series models; "
                          f"stage 4 starts from one (train stage 2 with --ensemble 1)")
-    if num_frames is not None and num_frames != ckpt.config["seq_len"]:
-        raise InputError(f"{ts_checkpoint}: trained on series of length {ckpt.config['seq_len']}, "
+    if "members" in config:  # one model saved with its test-time views: its weights are what stage 4 needs
+        config = {k: v for k, v in config.items() if k not in ("members", "test_shift")}
+        state = {k.removeprefix("members.0."): v for k, v in state.items()}
+    if num_frames is not None and num_frames != config["seq_len"]:
+        raise InputError(f"{ts_checkpoint}: trained on series of length {config['seq_len']}, "
                          f"--num_frames says {num_frames}")
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
-    if train.shape[1] != ckpt.config["in_chans"]:
+    if train.shape[1] != config["in_chans"]:
         raise InputError(f"{path_kine_train}: {train.shape[1]} channels, {ts_checkpoint} was trained on "
-                         f"{ckpt.config['in_chans']}")
+                         f"{config['in_chans']}")
     feats_train = _read_features(Path(path_feature_train), Path(path_kine_train), len(train))
     feats_val = _read_features(Path(path_feature_val), Path(path_kine_val), len(val))
     if feats_train.shape[1] != feats_val.shape[1]:
         raise InputError(f"{path_feature_val}: {feats_val.shape[1]} wide, {path_feature_train} is {feats_train.shape[1]}")
     transform = SeriesTransform(**ckpt.meta.get("series_transform", {}))
-    config = {k: v for k, v in ckpt.config.items() if k != "num_classes"}
+    config = {k: v for k, v in config.items() if k != "num_classes"}
     model = DuST(feats_train.shape[1], num_classes=settings.num_classes, **config)
     try:
-        load_ts_backbone(model, ckpt.state_dict)
+        load_ts_backbone(model, state)
     except Exception as err:
         raise InputError(f"{ts_checkpoint}: {err}") from None
     meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint),
