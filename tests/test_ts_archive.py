@@ -49,13 +49,15 @@ def _series(n: int, channels: int, length: int, seed: int) -> tuple[np.ndarray, 
 
 
 def _train(tmp_path: Path, x: np.ndarray, y: np.ndarray, *extra: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     out = tmp_path / "model"
     code = main(["train-ts", "--config", str(CONFIG), "--path_kine_train", str(tmp_path / "x.npy"),
                  "--path_label_train", str(tmp_path / "y.npy"), "--path_kine_val", str(tmp_path / "x.npy"),
                  "--path_label_val", str(tmp_path / "y.npy"), "--outpath", str(out),
-                 "--logpath", str(tmp_path / "logs"), "--no_progress", "--steps", "2", *extra])
+                 "--logpath", str(tmp_path / "logs"), "--no_progress", "--steps", "2",
+                 "--ensemble_workers", "1", *extra])  # in this process, unless a test asks otherwise
     assert code == 0
     return out / "final_1d.pth"
 
@@ -139,6 +141,27 @@ def test_test_shift_is_saved_with_the_model(tmp_path, capsys):
     assert main(["train-ts", "--path_kine_train", str(tmp_path / "x.npy"), "--test_shift", "1.5",
                  "--no_progress"]) == 2
     assert "--test_shift is a fraction of the length in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_members_trained_in_parallel_match_members_trained_in_turn(tmp_path, capsys):
+    x, y = _series(12, 2, 30, seed=6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the two worker processes gets below
+    try:
+        in_turn = load_checkpoint(_train(tmp_path / "in_turn", x, y, "--ensemble", "2"), expect="ts").state_dict
+    finally:
+        torch.set_num_threads(threads)
+    path = _train(tmp_path / "parallel", x, y, "--ensemble", "2", "--ensemble_workers", "2")
+    for index in range(2):  # each member still a run of its own
+        assert (tmp_path / "parallel" / "model" / f"member{index}" / "final_1d.pth").is_file()
+    parallel = load_checkpoint(path, expect="ts").state_dict
+    assert parallel.keys() == in_turn.keys()
+    for key in in_turn:
+        torch.testing.assert_close(parallel[key], in_turn[key], msg=key)
+    capsys.readouterr()
+    assert main(["train-ts", "--path_kine_train", str(tmp_path / "in_turn" / "x.npy"), "--ensemble_workers", "none",
+                 "--no_progress"]) == 2
+    assert "--ensemble_workers must be a whole number or 'auto', got 'none'" in capsys.readouterr().err
 
 
 def test_interrupted_ensemble_resumes(tmp_path):

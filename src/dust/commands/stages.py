@@ -188,6 +188,9 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "ensemble", type=int, default=1,
              help="train this many models (seeds seed, seed+1, ...) and predict with their mean probability "
                   "(default: %(default)s)")
+    add_flag(parser, "ensemble_workers", default="1",
+             help="ensemble members trained at a time, each in a process of its own with a share of the "
+                  "threads; 'auto': one per CPU core (default: %(default)s)")
     add_flag(parser, "test_shift", type=float, default=0.0,
              help="also predict from each series shifted by this and half this fraction of its length either "
                   "way, averaging the five views (default: %(default)s, off)")
@@ -213,7 +216,7 @@ def train_ts_command(args: argparse.Namespace) -> StageResult:
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
         augment=augment, patch_size=_patch_size(args.patch_size), window_size=args.window_size,
         target_tokens=args.target_tokens, steps=args.steps, variable_length=args.variable_length,
-        ensemble=args.ensemble, test_shift=args.test_shift,
+        ensemble=args.ensemble, test_shift=args.test_shift, ensemble_workers=args.ensemble_workers,
     )
     report("time series (stage 2)", result)
     return result

@@ -6,6 +6,7 @@ and writes its artefacts: checkpoints under ``outpath``, history and log under `
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from ..models import (
 from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
+from .parallel import available_cores, run_in_processes
 from .resume import RESUME_NAME, RandomState, resume_checkpoint
 from .task import ClassifierTask
 
@@ -368,6 +370,7 @@ def train_ts(
     variable_length: str = "mask",
     ensemble: int = 1,
     test_shift: float = 0.0,
+    ensemble_workers: int | str = 1,
 ) -> StageResult:
     """Stage 2: train a :class:`TimeSeriesSwin` classifier on ``(N, C, L)`` series.
 
@@ -383,6 +386,8 @@ def train_ts(
     each in ``OUTPATH/memberI``) and saves them as one :class:`SeriesEnsemble` in ``final_1d.pth``.
     ``test_shift`` > 0 makes that ensemble (of one model, too) predict from time-shifted views of
     each series as well (test-time augmentation; see :class:`SeriesEnsemble`).
+    ``ensemble_workers`` members train at a time, each in a process of its own (``"auto"``: as
+    many as there are CPU cores, on the CPU; one on a GPU).
     """
     _prepare(settings)
     # Once a small model fits its data, Adam's second moments decay into subnormal floats, which
@@ -393,6 +398,7 @@ def train_ts(
         raise InputError(f"--ensemble must be at least 1, got {ensemble}")
     if not 0.0 <= test_shift < 1.0:
         raise InputError(f"--test_shift is a fraction of the length in [0, 1), got {test_shift}")
+    workers = _ensemble_workers(ensemble_workers, ensemble, settings)
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
     length = num_frames or train.shape[2]
@@ -410,9 +416,8 @@ def train_ts(
     if window_size is not None:
         shape["window_size"] = int(window_size)
 
-    def build() -> TimeSeriesSwin:
-        return TimeSeriesSwin.from_preset(model_preset, seq_len=length, in_chans=train.shape[1],
-                                          num_classes=settings.num_classes, **shape)
+    build = functools.partial(TimeSeriesSwin.from_preset, model_preset, seq_len=length, in_chans=train.shape[1],
+                              num_classes=settings.num_classes, **shape)  # picklable, for member processes
 
     meta = {"series_transform": transform.to_dict(), "ingest": _ingest_settings(path_kine_train)}
     if augment is True:
@@ -422,17 +427,37 @@ def train_ts(
     val_rows = ArrayRows([val], [transform], labels_val)
     if ensemble == 1 and not test_shift:
         return _fit("step_1d", "final_1d.pth", build(), train_rows, val_rows, settings, model_preset, meta)
-    return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta, test_shift)
+    return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta, test_shift, workers)
+
+
+def _ensemble_workers(value: int | str, members: int, settings: TrainSettings) -> int:
+    """How many ensemble members to train at a time: ``--ensemble_workers`` checked and resolved."""
+    single_device = str(settings.devices) == "1" and settings.num_nodes == 1
+    on_cpu = settings.accelerator == "cpu" or (settings.accelerator == "auto" and not torch.cuda.is_available())
+    if value == "auto":
+        return min(members, available_cores()) if on_cpu and single_device else 1
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--ensemble_workers must be a whole number or 'auto', got {value!r}") from None
+    if workers < 1:
+        raise InputError(f"--ensemble_workers must be at least 1, got {workers}")
+    if workers > 1 and not single_device:
+        raise InputError("--ensemble_workers > 1 trains members in processes of their own; it does not "
+                         "combine with --devices or --num_nodes")
+    return workers
 
 
 def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayRows, val: ArrayRows,
                   settings: TrainSettings, preset: str | None, meta: dict[str, Any],
-                  test_shift: float = 0.0) -> StageResult:
-    """``count`` models trained one after another, each by :func:`_fit` in ``OUTPATH/memberI`` with seed
-    ``seed + I``; saved together as a :class:`SeriesEnsemble` (predicting with ``test_shift``) in
+                  test_shift: float = 0.0, workers: int = 1) -> StageResult:
+    """``count`` models, each trained by :func:`_fit` in ``OUTPATH/memberI`` with seed ``seed + I``;
+    saved together as a :class:`SeriesEnsemble` (predicting with ``test_shift``) in
     ``OUTPATH/final_1d.pth``.
 
-    With ``--resume`` finished members are loaded, an interrupted one continues, the rest start.
+    ``workers`` > 1 trains that many members at a time, each in a process of its own with an
+    equal share of the torch threads (``build`` must then be picklable). With ``--resume``
+    finished members are loaded, an interrupted one continues, the rest start.
     The result's figures are the ensemble's on the validation rows.
     """
     start = time.perf_counter()
@@ -441,24 +466,40 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
         raise InputError("--resume_from takes one run; resume an ensemble with --resume")
     if final.exists() and not (settings.overwrite or settings.resume):
         raise InputError(f"{settings.outpath}: holds a finished run (final_1d.pth); give --overwrite to replace it")
-    models = []
-    for index in range(count):
-        member = replace(settings, seed=settings.seed + index, outpath=Path(settings.outpath) / f"member{index}",
-                         logpath=Path(settings.logpath) / f"member{index}")
-        if settings.resume and (member.outpath / "final_1d.pth").is_file():
-            models.append(_checkpoint(member.outpath / "final_1d.pth", "ts", preset).build())
-            continue
-        member = replace(member, resume=settings.resume and (member.outpath / f"{RESUME_NAME}.ckpt").is_file())
-        L.seed_everything(member.seed, workers=True, verbose=False)  # each member its own initial weights
-        model = build()
-        _fit("step_1d", "final_1d.pth", model, train, val, member, preset, meta)
-        models.append(model)
+    members = [replace(settings, seed=settings.seed + index, outpath=Path(settings.outpath) / f"member{index}",
+                       logpath=Path(settings.logpath) / f"member{index}") for index in range(count)]
+    finished = {i: _checkpoint(m.outpath / "final_1d.pth", "ts", preset).build() for i, m in enumerate(members)
+                if settings.resume and (m.outpath / "final_1d.pth").is_file()}
+    todo = {i: replace(m, resume=settings.resume and (m.outpath / f"{RESUME_NAME}.ckpt").is_file())
+            for i, m in enumerate(members) if i not in finished}
+    workers = min(workers, len(todo))
+    if workers > 1:  # progress bars of several processes would garble each other
+        states = run_in_processes([functools.partial(_fit_member, replace(m, progress=False), build, train, val,
+                                                     preset, meta) for m in todo.values()],
+                                  workers, threads=max(1, torch.get_num_threads() // workers))
+    else:
+        states = [_fit_member(m, build, train, val, preset, meta) for m in todo.values()]
+    for i, state in zip(todo, states):
+        finished[i] = build()
+        finished[i].load_state_dict(state)
+    models = [finished[i] for i in range(count)]
     ensemble = SeriesEnsemble.of(models, test_shift).eval()
     metrics = _evaluate_rows(ensemble, val, settings.num_classes)
     save_checkpoint(final, ensemble, preset=preset, **meta, num_classes=settings.num_classes,
                     class_names=settings.class_names, stage="step_1d", epoch=settings.num_epochs, metrics=metrics)
     return StageResult(settings.num_epochs, metrics["val_accuracy"], metrics["val_macro_f1"], metrics["val_loss"],
                        time.perf_counter() - start, [])
+
+
+def _fit_member(settings: TrainSettings, build: Callable[[], TimeSeriesSwin], train: ArrayRows, val: ArrayRows,
+                preset: str | None, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One member of an ensemble (its own seed, initial weights and run folder); its trained weights."""
+    torch.set_flush_denormal(True)  # again: a worker process starts without it (see train_ts)
+    _quiet_lightning()
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    model = build()
+    _fit("step_1d", "final_1d.pth", model, train, val, settings, preset, meta)
+    return model.state_dict()
 
 
 def _evaluate_rows(model: torch.nn.Module, rows: ArrayRows, num_classes: int) -> dict[str, float]:
