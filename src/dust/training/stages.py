@@ -390,10 +390,7 @@ def train_ts(
     many as there are CPU cores, on the CPU; one on a GPU).
     """
     _prepare(settings)
-    # Once a small model fits its data, Adam's second moments decay into subnormal floats, which
-    # CPUs handle 10-100x slower: a run stalls. Flushing them to zero changes nothing else.
-    torch.set_flush_denormal(True)
-    warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")  # numpy notices the flush
+    _flush_denormals()
     if ensemble < 1:
         raise InputError(f"--ensemble must be at least 1, got {ensemble}")
     if not 0.0 <= test_shift < 1.0:
@@ -428,6 +425,16 @@ def train_ts(
     if ensemble == 1 and not test_shift:
         return _fit("step_1d", "final_1d.pth", build(), train_rows, val_rows, settings, model_preset, meta)
     return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta, test_shift, workers)
+
+
+def _flush_denormals() -> None:
+    """Flush subnormal floats to zero in this process.
+
+    Once a small model fits its data, Adam's second moments decay into subnormal floats, which
+    CPUs handle 10-100x slower: a run stalls. Flushing them to zero changes nothing else.
+    """
+    torch.set_flush_denormal(True)
+    warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")  # numpy notices the flush
 
 
 def _ensemble_workers(value: int | str, members: int, settings: TrainSettings) -> int:
@@ -468,10 +475,10 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
         raise InputError(f"{settings.outpath}: holds a finished run (final_1d.pth); give --overwrite to replace it")
     members = [replace(settings, seed=settings.seed + index, outpath=Path(settings.outpath) / f"member{index}",
                        logpath=Path(settings.logpath) / f"member{index}") for index in range(count)]
-    finished = {i: _checkpoint(m.outpath / "final_1d.pth", "ts", preset).build() for i, m in enumerate(members)
-                if settings.resume and (m.outpath / "final_1d.pth").is_file()}
+    models = {i: _checkpoint(m.outpath / "final_1d.pth", "ts", preset).build() for i, m in enumerate(members)
+              if settings.resume and (m.outpath / "final_1d.pth").is_file()}  # finished before
     todo = {i: replace(m, resume=settings.resume and (m.outpath / f"{RESUME_NAME}.ckpt").is_file())
-            for i, m in enumerate(members) if i not in finished}
+            for i, m in enumerate(members) if i not in models}
     workers = min(workers, len(todo))
     if workers > 1:  # progress bars of several processes would garble each other
         states = run_in_processes([functools.partial(_fit_member, replace(m, progress=False), build, train, val,
@@ -480,10 +487,9 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
     else:
         states = [_fit_member(m, build, train, val, preset, meta) for m in todo.values()]
     for i, state in zip(todo, states):
-        finished[i] = build()
-        finished[i].load_state_dict(state)
-    models = [finished[i] for i in range(count)]
-    ensemble = SeriesEnsemble.of(models, test_shift).eval()
+        models[i] = build()
+        models[i].load_state_dict(state)
+    ensemble = SeriesEnsemble.of([models[i] for i in range(count)], test_shift).eval()
     metrics = _evaluate_rows(ensemble, val, settings.num_classes)
     save_checkpoint(final, ensemble, preset=preset, **meta, num_classes=settings.num_classes,
                     class_names=settings.class_names, stage="step_1d", epoch=settings.num_epochs, metrics=metrics)
@@ -494,7 +500,7 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
 def _fit_member(settings: TrainSettings, build: Callable[[], TimeSeriesSwin], train: ArrayRows, val: ArrayRows,
                 preset: str | None, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One member of an ensemble (its own seed, initial weights and run folder); its trained weights."""
-    torch.set_flush_denormal(True)  # again: a worker process starts without it (see train_ts)
+    _flush_denormals()  # again: a worker process starts without it
     _quiet_lightning()
     L.seed_everything(settings.seed, workers=True, verbose=False)
     model = build()
