@@ -69,13 +69,13 @@ class SeriesEnsemble(nn.Module):
         """The inputs each member is averaged over: ``x`` alone, or its five time-shifted views."""
         if not self.test_shift:
             return [x]
-        if lengths is None and bool(torch.isnan(x).any()):
-            lengths = series_lengths(x)
         s = self.test_shift
         return [x if f == 0 else shift_in_time(x, f, lengths) for f in (-s, -s / 2, 0.0, s / 2, s)]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, C, L)`` series -> ``(B, num_classes)`` log of the mean class probabilities."""
+        if lengths is None and bool(torch.isnan(x).any()):  # once, not again by every view and member
+            lengths = series_lengths(x)
         log_probs = torch.stack([member(view, lengths).log_softmax(-1)
                                  for view in self.views(x, lengths) for member in self.members])
         return log_probs.logsumexp(0) - math.log(len(log_probs))
