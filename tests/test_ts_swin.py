@@ -91,6 +91,7 @@ def test_reference_mask_differs_from_ideal_when_padding():
 def test_padding_content_never_reaches_the_output(monkeypatch, mask_mode, ignores_padding):
     """Fill the window padding with garbage instead of zeros: correct masking must not notice."""
     import dust.models.ts_swin as ts_swin
+    from dust.models.window_rows import to_windows
 
     # length 24 with window 5: every stage pads its windows, no stage merges an odd length
     model = TimeSeriesSwin(seq_len=24, in_chans=3, num_classes=0, mask_mode=mask_mode, **{**TINY, "window_size": 5})
@@ -101,11 +102,12 @@ def test_padding_content_never_reaches_the_output(monkeypatch, mask_mode, ignore
     with torch.no_grad():
         clean = model(x)
 
-        def garbage_pad(t, multiple):
-            pad = -t.shape[1] % multiple
-            return torch.cat([t, 5 * torch.randn(t.shape[0], pad, t.shape[2])], dim=1) if pad else t
+        def garbage_padding(rows, fill, gather):  # window padding rows hold noise, not the projected zero token
+            out = to_windows(rows, fill, gather)
+            pad = gather[1]
+            return out.index_copy(0, pad, 5 * torch.randn(len(pad), out.shape[1]))
 
-        monkeypatch.setattr(ts_swin, "pad_right", garbage_pad)
+        monkeypatch.setattr(ts_swin, "to_windows", garbage_padding)
         noisy = model(x)
     assert torch.allclose(clean, noisy, atol=1e-5) == ignores_padding
 
@@ -118,3 +120,35 @@ def test_derivative_channels_are_the_first_difference():
     assert model.patch_embed.proj.in_channels == 6 and model.config["derivative"] is True
     assert model(torch.randn(2, 3, 16)).shape == (2, 2)
     assert "derivative" not in TimeSeriesSwin(seq_len=16, embed_dim=8, depths=(1,), num_heads=(1,)).config
+
+
+def _grads(model, x, lengths=None):
+    model.zero_grad(set_to_none=True)
+    out = model.forward_features(x, lengths)
+    out.pow(2).sum().backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mask_mode", ["correct", "reference"])
+@pytest.mark.parametrize("length,ragged", [(13, False), (24, False), (23, True)])
+def test_fused_attention_matches_the_plain_formulation(mask_mode, length, ragged):
+    """The row gather and the explicit softmax give the pad-roll-crop model's outputs and gradients."""
+    torch.manual_seed(0)
+    model = TimeSeriesSwin(seq_len=length, in_chans=3, num_classes=0, mask_mode=mask_mode, **{**TINY, "window_size": 5})
+    model.eval()  # no stochastic depth: both passes see the same network
+    for p in model.parameters():  # leave the identity start so attention matters
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(3, 3, length)
+    if ragged:
+        x[0, :, 17:] = float("nan")  # NaN padding: the key mask joins the window masks
+    fused_out, fused_grads = _grads(model, x)
+    plain_out, plain_grads = _grads(model.set_attention_impl("reference"), x)
+    torch.testing.assert_close(fused_out, plain_out, atol=1e-5, rtol=1e-5)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_unknown_attention_impl_is_refused():
+    with pytest.raises(ValueError, match="fused"):
+        TimeSeriesSwin(seq_len=8, **TINY).set_attention_impl("fast")

@@ -3,10 +3,10 @@
 Every workload returns :class:`Row` records. FLOPs are the model's: counted once per
 configuration with ``torch.utils.flop_counter`` on one sample, over the forward (inference)
 or forward + backward (training; the optimizer step is not counted), and scaled by the
-batch. The video model is counted in torchvision's reference formulation of window
-attention (``VideoSwin.set_attention_impl("reference")``), so implementations are compared
-on the same work; shortcuts that skip work (the fused path does not project window
-padding) show up as speed, not as fewer FLOPs.
+batch. Both models are counted in the plain formulation of window attention
+(``set_attention_impl("reference")``: torchvision's for the video model, pad-roll-crop for the
+time-series one), so implementations are compared on the same work; shortcuts that skip work
+(the fused paths do not project window padding) show up as speed, not as fewer FLOPs.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, 
     def build() -> TimeSeriesSwin:
         return TimeSeriesSwin.from_preset(preset, seq_len=length, in_chans=channels, num_classes=num_classes)
 
-    flops = _model_flops(build, (channels, length), num_classes, env)
+    flops = _model_flops(lambda: build().set_attention_impl("reference"), (channels, length), num_classes, env)
     model = build().to(env.device)
     x = torch.randn(batch, channels, length, device=env.device)
     y = torch.randint(0, num_classes, (batch,), device=env.device)

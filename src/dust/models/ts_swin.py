@@ -31,7 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from .small_window_attention import small_window_attention
+from .window_rows import RowGather, batch_row_gather, to_tokens, to_windows
+
 __all__ = [
+    "AttentionImpl",
     "ConvStem1d",
     "MaskMode",
     "PatchEmbed1d",
@@ -52,6 +56,10 @@ MaskMode = Literal["correct", "reference"]
 by the shift never mix with their new neighbours. ``"reference"``: the published
 model's segment rule, needed to reproduce its checkpoints exactly.
 """
+
+AttentionImpl = Literal["fused", "reference"]
+"""``"fused"``: window attention as a row gather with the padding never projected. ``"reference"``:
+the plain pad, roll and crop formulation (the same outputs, for checks and FLOP counts)."""
 
 _REFERENCE_MASK_VALUE = -100.0
 
@@ -236,9 +244,15 @@ class ShiftedWindowAttention1d(nn.Module):
     """Multi-head self-attention in (shifted) windows with a learned relative position bias.
 
     The sequence is right-padded to a multiple of the window, rolled left by the
-    shift, attended window by window through ``scaled_dot_product_attention``
-    (bias and mask folded into its float mask), rolled back and cropped.
+    shift, attended window by window with bias and masks folded into one float mask
+    (:func:`~dust.models.small_window_attention.small_window_attention` on the CPU,
+    ``scaled_dot_product_attention`` elsewhere and with attention dropout), rolled
+    back and cropped. Padding, roll and partition are one row gather of the projected
+    tokens (:mod:`dust.models.window_rows`), so the padding is never projected.
+    ``impl = "reference"`` runs the plain formulation instead (for checks and FLOP counts).
     """
+
+    impl: AttentionImpl = "fused"
 
     def __init__(
         self,
@@ -268,6 +282,7 @@ class ShiftedWindowAttention1d(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index_1d(window_size), persistent=False)
         self._masks: dict[tuple[int, torch.device], Tensor | None] = {}
+        self._gathers: dict[tuple, RowGather] = {}
 
     def _window_mask(self, length: int, device: torch.device) -> Tensor | None:
         key = (length, device)
@@ -290,8 +305,59 @@ class ShiftedWindowAttention1d(nn.Module):
         allowed = keys | torch.eye(w, dtype=torch.bool, device=valid.device)
         return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill_(~allowed, float("-inf"))
 
+    def _row_gather(self, batch: int, length: int, device: torch.device) -> RowGather:
+        """Padding, shift and window partition of ``batch`` sequences of ``length`` tokens as one row gather; cached."""
+        key = (batch, length, device)
+        found = self._gathers.get(key)  # a plain lookup, which torch.compile traces
+        return found if found is not None else self._build_row_gather(key)
+
+    @torch.compiler.disable
+    def _build_row_gather(self, key: tuple) -> RowGather:
+        batch, length, device = key
+        if len(self._gathers) >= 16:
+            self._gathers.clear()
+        padded = -(-length // self.window_size) * self.window_size
+        source = (torch.arange(padded) + self.shift_size) % padded  # rolled position -> padded position
+        gather = batch_row_gather((torch.where(source < length, source, -1),), batch, length)
+        self._gathers[key] = tuple(t.to(device) for t in gather)
+        return self._gathers[key]
+
+    def _attention_mask(self, length: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """Relative position bias, shift mask and padding mask as one additive mask, ``(H | nW, H | B, nW, H, w, w)``."""
+        bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
+        attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
+        window_mask = self._window_mask(length, bias.device)
+        if window_mask is not None:
+            attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
+        if valid is not None:
+            attn_mask = attn_mask + self._padding_mask(valid, attn_mask.dtype)  # (B, nW, H, w, w)
+        return attn_mask.to(dtype)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+        """``(B, nW, H, w, hd)`` queries, keys, values -> the same shape of outputs."""
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if self.impl == "fused" and q.device.type == "cpu" and not dropout_p:  # torch.softmax is slow on short rows
+            return small_window_attention(q, k, v, attn_mask, q.shape[-1] ** -0.5)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         """``(B, L, D) -> (B, L, D)``; ``valid`` ``(B, L)`` bool marks real tokens (None: all are)."""
+        if self.impl == "reference":
+            return self._forward_reference(x, valid)
+        batch, length, dim = x.shape
+        w, heads = self.window_size, self.num_heads
+        gather = self._row_gather(batch, length, x.device)
+        qkv = self.qkv(x).reshape(batch * length, 3 * dim)
+        fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * dim)
+        rows = to_windows(qkv, fill, gather)  # (B * Lp, 3D): padded, rolled left by the shift, in windows
+        num_windows = rows.shape[0] // (batch * w)
+        q, k, v = rows.view(batch, num_windows, w, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        out = self._attend(q, k, v, self._attention_mask(length, valid, q.dtype))
+        out = to_tokens(out.transpose(2, 3).reshape(-1, dim), gather)  # (B * L, D): back in place, padding dropped
+        return self.proj_drop(self.proj(out)).view(batch, length, dim)
+
+    def _forward_reference(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        """The plain formulation: pad, roll, project every position, attend, roll back, crop."""
         batch, length, dim = x.shape
         w, s, heads = self.window_size, self.shift_size, self.num_heads
         x = pad_right(x, w)
@@ -300,18 +366,8 @@ class ShiftedWindowAttention1d(nn.Module):
         num_windows = x.shape[1] // w
         qkv = self.qkv(x).view(batch, num_windows, w, 3, heads, dim // heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, H, w, hd)
-
-        bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
-        attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
-        window_mask = self._window_mask(length, x.device)
-        if window_mask is not None:
-            attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
-        if valid is not None:
-            attn_mask = attn_mask + self._padding_mask(valid, attn_mask.dtype)  # (B, nW, H, w, w)
-        dropout_p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p)
-        out = out.transpose(2, 3).reshape(batch, num_windows * w, dim)  # (B, Lp, D)
-        out = self.proj_drop(self.proj(out))
+        out = self._attend(q, k, v, self._attention_mask(length, valid, q.dtype))
+        out = self.proj_drop(self.proj(out.transpose(2, 3).reshape(batch, num_windows * w, dim)))  # (B, Lp, D)
         if s:
             out = torch.roll(out, s, dims=1)
         return out[:, :length]
@@ -548,6 +604,15 @@ class TimeSeriesSwin(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, C, L)`` series (NaN-padded, or with ``lengths``) -> ``(B, num_classes)`` logits."""
         return self.forward_head(self.forward_features(x, lengths))
+
+    def set_attention_impl(self, impl: AttentionImpl) -> "TimeSeriesSwin":
+        """``"fused"`` (default) or ``"reference"`` (the plain window attention, for checks and FLOP counts)."""
+        if impl not in ("fused", "reference"):
+            raise ValueError(f"attention impl must be 'fused' or 'reference', got {impl!r}")
+        for module in self.modules():
+            if isinstance(module, ShiftedWindowAttention1d):
+                module.impl = impl
+        return self
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be weight-decayed (bias tables, norms, biases)."""

@@ -6,7 +6,7 @@ outputs, less work. What it does differently:
 
 - **One gather in, one gather out.** Padding, the cyclic shift and the window
   partition are a single row gather of the ``qkv`` projection (a precomputed index per
-  input shape); undoing them is a single gather back. Zero padding tokens are never
+  input shape, :mod:`dust.models.window_rows`); undoing them is a single gather back. Zero padding tokens are never
   projected: their ``qkv`` is the projection's bias, exactly what ``Linear(0)`` gives.
   The output projection runs on real tokens only (torchvision projects the padding
   and then crops it away).
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, _get_window_and_shift_size
+
+from .window_rows import RowGather, batch_row_gather, to_tokens, to_windows
 
 __all__ = ["AttentionImpl", "WindowAttention3d", "WindowPlan", "plan_windows"]
 
@@ -117,46 +119,6 @@ def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size:
         border_mask = (differ.float() * _SHIFT_MASK_VALUE)[:, None]  # (border windows, 1, N, N)
     num_border = int(border.sum())
     return WindowPlan(window, shift, len(token) - num_border, num_border, token[order].flatten(), border_mask)
-
-
-# --- gathers between the token grid and the windows --------------------------------
-
-
-class _ToWindows(torch.autograd.Function):
-    """``(M, D)`` token rows -> ``(P, D)`` window rows ``rows[index]``; the ``pad`` rows are ``fill`` (a ``(D,)`` row)."""
-
-    @staticmethod
-    def forward(ctx, rows: Tensor, fill: Tensor, index: Tensor, pad: Tensor, inverse: Tensor) -> Tensor:
-        out = rows.index_select(0, index)
-        if len(pad):
-            out.index_copy_(0, pad, fill.to(out.dtype).expand(len(pad), -1))
-        ctx.save_for_backward(pad, inverse)
-        ctx.fill_needs_grad = ctx.needs_input_grad[1]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pad, inverse = ctx.saved_tensors
-        grad_rows = grad.index_select(0, inverse)
-        grad_fill = grad.index_select(0, pad).sum(0) if ctx.fill_needs_grad else None
-        return grad_rows, grad_fill, None, None, None
-
-
-class _ToTokens(torch.autograd.Function):
-    """``(P, D)`` window rows -> ``(M, D)`` token rows (padding rows dropped)."""
-
-    @staticmethod
-    def forward(ctx, rows: Tensor, index: Tensor, pad: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(index, pad)
-        return rows.index_select(0, inverse)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        index, pad = ctx.saved_tensors
-        grad_rows = grad.index_select(0, index)
-        if len(pad):
-            grad_rows.index_fill_(0, pad, 0.0)
-        return grad_rows, None, None, None
 
 
 # --- attention over the window rows ----------------------------------------------------
@@ -300,16 +262,13 @@ class WindowAttention3d(ShiftedWindowAttention3d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._plans: dict[tuple, tuple[WindowPlan, Tensor, Tensor, Tensor]] = {}
+        self._plans: dict[tuple, tuple[WindowPlan, RowGather]] = {}
 
-    def plan(self, batch: int, size: tuple[int, int, int], device: torch.device
-             ) -> tuple[WindowPlan, Tensor, Tensor, Tensor]:
-        """The window plan for ``batch`` clips of ``size`` tokens, with batch-wide gather indices on ``device``.
+    def plan(self, batch: int, size: tuple[int, int, int], device: torch.device) -> tuple[WindowPlan, RowGather]:
+        """The window plan for ``batch`` clips of ``size`` tokens, with its batch-wide row gather on ``device``.
 
-        Returns ``(plan, index, pad, inverse)``: ``index`` ``(B * windows * N,)`` token row of
-        each window row (0 for padding rows), ``pad`` the window rows that are padding, and
-        ``inverse`` ``(B * T * H * W,)`` the window row of each token. Window rows are ordered
-        interior windows of every clip, then border windows of every clip. Built once per
+        Window rows are ordered interior windows of every clip, then border windows of every
+        clip (see :func:`~dust.models.window_rows.batch_row_gather`). Built once per
         (batch, size, device) and cached.
         """
         key = (batch, size, device)
@@ -317,24 +276,16 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         return found if found is not None else self._build_plan(key)
 
     @torch.compiler.disable
-    def _build_plan(self, key: tuple) -> tuple[WindowPlan, Tensor, Tensor, Tensor]:
+    def _build_plan(self, key: tuple) -> tuple[WindowPlan, RowGather]:
         batch, size, device = key
         if len(self._plans) >= 16:
             self._plans.clear()
         plan = plan_windows(size, self.window_size, self.shift_size)
-        tokens = size[0] * size[1] * size[2]
         cut = plan.num_interior * plan.window_volume
-        offsets = torch.arange(batch)[:, None] * tokens
-        parts = [torch.where(part[None] >= 0, part[None] + offsets, -1).flatten()  # interior, border: each (B, part)
-                 for part in (plan.index[:cut], plan.index[cut:])]
-        index = torch.cat(parts)
-        pad = torch.nonzero(index < 0).flatten()
-        real = torch.nonzero(index >= 0).flatten()
-        inverse = torch.empty(batch * tokens, dtype=torch.long)
-        inverse[index[real]] = real
+        gather = batch_row_gather((plan.index[:cut], plan.index[cut:]), batch, size[0] * size[1] * size[2])
         mask = None if plan.border_mask is None else plan.border_mask.to(device)
         plan = WindowPlan(plan.window, plan.shift, plan.num_interior, plan.num_border, plan.index, mask)
-        self._plans[key] = (plan, index.clamp(min=0).to(device), pad.to(device), inverse.to(device))
+        self._plans[key] = (plan, tuple(t.to(device) for t in gather))
         return self._plans[key]
 
     def _relative_position_bias(self, volume: int) -> Tensor:
@@ -348,11 +299,11 @@ class WindowAttention3d(ShiftedWindowAttention3d):
             return super().forward(x)
         b, t, h, w, c = x.shape
         heads = self.num_heads
-        plan, index, pad, inverse = self.plan(b, (t, h, w), x.device)
+        plan, gather = self.plan(b, (t, h, w), x.device)
         n_tok = plan.window_volume
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(-1, 3 * c)  # (B*T*H*W, 3C)
         fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
-        rows = _ToWindows.apply(qkv, fill, index, pad, inverse)  # (B*windows*N, 3C)
+        rows = to_windows(qkv, fill, gather)  # (B*windows*N, 3C)
 
         bias = self._relative_position_bias(n_tok)  # (h, N, N)
         shift_mask = None if plan.border_mask is None else plan.border_mask.to(bias.dtype)  # (border windows, 1, N, N)
@@ -364,7 +315,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
             out = _WindowAttentionCPU.apply(rows, bias, shift_mask, b, counts, heads, scale)
         else:
             out = _attend_sdpa(rows, bias, shift_mask, b, counts, heads, scale, dropout)  # (B*windows*N, C)
-        out = _ToTokens.apply(out, index, pad, inverse)  # (B*T*H*W, C)
+        out = to_tokens(out, gather)  # (B*T*H*W, C)
         out = F.linear(out, self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)
         return out.view(b, t, h, w, c)

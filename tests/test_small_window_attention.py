@@ -1,0 +1,43 @@
+"""Small-window attention with its explicit softmax against PyTorch's scaled-dot-product attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dust.models.small_window_attention import small_window_attention
+
+
+def _masks(batch, windows, heads, n):
+    bias = torch.randn(heads, n, n)
+    shift = torch.zeros(windows, 1, n, n)
+    shift[-1, :, : n // 2, n // 2 :] = float("-inf")  # a wrapped window: two regions that must not mix
+    shift[-1, :, n // 2 :, : n // 2] = -100.0
+    keys = torch.zeros(batch, windows, 1, 1, n)
+    keys[0, -1, ..., 1:] = float("-inf")  # a padded series: keys hidden, each query keeps its own
+    keys = keys.expand(batch, windows, 1, n, n).clone()
+    keys[0, -1, 0].fill_diagonal_(0.0)
+    return {"bias": bias, "bias+shift": bias + shift, "bias+shift+keys": bias + shift + keys}
+
+
+@pytest.mark.parametrize("which", ["bias", "bias+shift", "bias+shift+keys"])
+def test_matches_scaled_dot_product_attention(which):
+    torch.manual_seed(0)
+    batch, windows, heads, n, d = 3, 4, 2, 8, 5
+    mask = _masks(batch, windows, heads, n)[which]
+    inputs = [torch.randn(batch, windows, heads, n, d) for _ in range(3)] + [mask]
+    grad_out = torch.randn(batch, windows, heads, n, d)
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        out.backward(grad_out)
+        return [out.detach()] + [leaf.grad for leaf in leaves]
+
+    ours = run(lambda q, k, v, m: small_window_attention(q, k, v, m, d**-0.5))
+    theirs = run(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    for name, a, b in zip(("out", "q", "k", "v", "mask"), ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(small_window_attention(*inputs, d**-0.5), ours[0])
