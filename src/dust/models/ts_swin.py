@@ -308,8 +308,9 @@ class ShiftedWindowAttention1d(nn.Module):
     def _row_gather(self, batch: int, length: int, device: torch.device) -> RowGather:
         """Padding, shift and window partition of ``batch`` sequences of ``length`` tokens as one row gather; cached."""
         key = (batch, length, device)
-        found = self._gathers.get(key)  # a plain lookup, which torch.compile traces
-        return found if found is not None else self._build_row_gather(key)
+        if key in self._gathers:  # a plain lookup, which torch.compile traces
+            return self._gathers[key]
+        return self._build_row_gather(key)
 
     @torch.compiler.disable
     def _build_row_gather(self, key: tuple) -> RowGather:
@@ -319,7 +320,7 @@ class ShiftedWindowAttention1d(nn.Module):
         padded = -(-length // self.window_size) * self.window_size
         source = (torch.arange(padded) + self.shift_size) % padded  # rolled position -> padded position
         gather = batch_row_gather((torch.where(source < length, source, -1),), batch, length)
-        self._gathers[key] = tuple(t.to(device) for t in gather)
+        self._gathers[key] = None if gather is None else tuple(t.to(device) for t in gather)
         return self._gathers[key]
 
     def _attention_mask(self, length: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:

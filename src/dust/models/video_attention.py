@@ -285,7 +285,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         gather = batch_row_gather((plan.index[:cut], plan.index[cut:]), batch, size[0] * size[1] * size[2])
         mask = None if plan.border_mask is None else plan.border_mask.to(device)
         plan = WindowPlan(plan.window, plan.shift, plan.num_interior, plan.num_border, plan.index, mask)
-        self._plans[key] = (plan, tuple(t.to(device) for t in gather))
+        self._plans[key] = (plan, None if gather is None else tuple(t.to(device) for t in gather))
         return self._plans[key]
 
     def _relative_position_bias(self, volume: int) -> Tensor:

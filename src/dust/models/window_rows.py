@@ -17,9 +17,10 @@ from torch import Tensor
 
 __all__ = ["RowGather", "batch_row_gather", "to_tokens", "to_windows"]
 
-RowGather = tuple[Tensor, Tensor, Tensor]
+RowGather = tuple[Tensor, Tensor, Tensor] | None
 """``(index, pad, inverse)``: the token row of each window row (0 for padding), the window
-rows that are padding, and the window row of each token row."""
+rows that are padding, and the window row of each token row; None when window rows are token
+rows as they are (no padding, no shift, one window or windows already in token order)."""
 
 
 def batch_row_gather(parts: Sequence[Tensor], batch: int, tokens: int) -> RowGather:
@@ -77,11 +78,15 @@ class _ToTokens(torch.autograd.Function):
 
 def to_windows(rows: Tensor, fill: Tensor, gather: RowGather) -> Tensor:
     """``(M, D)`` token rows -> ``(P, D)`` window rows, the padding rows set to ``fill`` ``(D,)``."""
+    if gather is None:
+        return rows
     index, pad, inverse = gather
     return _ToWindows.apply(rows, fill, index, pad, inverse)
 
 
 def to_tokens(rows: Tensor, gather: RowGather) -> Tensor:
     """``(P, D)`` window rows -> ``(M, D)`` token rows, padding rows dropped."""
+    if gather is None:
+        return rows
     index, pad, inverse = gather
     return _ToTokens.apply(rows, index, pad, inverse)
