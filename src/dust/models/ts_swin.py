@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from .small_window_attention import small_window_attention
-from .window_rows import RowGather, batch_row_gather, to_tokens, to_windows
+from .window_rows import RowGather, to_tokens, to_windows
 
 __all__ = [
     "AttentionImpl",
@@ -46,6 +46,7 @@ __all__ = [
     "TimeSeriesSwin",
     "series_lengths",
     "shift_window_mask_1d",
+    "window_row_gather_1d",
     "with_difference",
 ]
 
@@ -93,6 +94,24 @@ def valid_tokens(lengths: Tensor, size: int) -> Tensor:
 def with_difference(x: Tensor) -> Tensor:
     """``(B, C, L)`` -> ``(B, 2C, L)``: the series, then its first difference (0 at the first step)."""
     return torch.cat([x, F.pad(x.diff(dim=-1), (1, 0))], dim=1)
+
+
+def window_row_gather_1d(batch: int, length: int, window: int, shift: int, device: torch.device) -> RowGather:
+    """Right-padding to whole windows and the roll left by ``shift`` as one row gather (see :mod:`.window_rows`).
+
+    Closed-form index arithmetic on the sizes, nothing cached and nothing data-dependent, so
+    ``torch.compile`` traces it into the graph. None when there is neither padding nor shift.
+    """
+    padded = -(-length // window) * window
+    if padded == length and shift == 0:
+        return None
+    start = torch.arange(batch, device=device)[:, None]
+    source = (torch.arange(padded, device=device) + shift) % padded  # padded position at each rolled position
+    index = (start * length + source.clamp(max=length - 1)).flatten()
+    pad_positions = [r for r in range(padded) if (r + shift) % padded >= length]
+    pad = (start * padded + torch.tensor(pad_positions, dtype=torch.long, device=device)).flatten()
+    inverse = (start * padded + (torch.arange(length, device=device) - shift) % padded).flatten()
+    return index, pad, inverse
 
 
 def relative_position_index_1d(window: int) -> Tensor:
@@ -282,7 +301,6 @@ class ShiftedWindowAttention1d(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index_1d(window_size), persistent=False)
         self._masks: dict[tuple[int, torch.device], Tensor | None] = {}
-        self._gathers: dict[tuple, RowGather] = {}
 
     def _window_mask(self, length: int, device: torch.device) -> Tensor | None:
         key = (length, device)
@@ -304,24 +322,6 @@ class ShiftedWindowAttention1d(nn.Module):
         keys = keys.view(valid.shape[0], -1, 1, 1, w)  # (B, nW, 1, 1 query, w keys)
         allowed = keys | torch.eye(w, dtype=torch.bool, device=valid.device)
         return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill_(~allowed, float("-inf"))
-
-    def _row_gather(self, batch: int, length: int, device: torch.device) -> RowGather:
-        """Padding, shift and window partition of ``batch`` sequences of ``length`` tokens as one row gather; cached."""
-        key = (batch, length, device)
-        if key in self._gathers:  # a plain lookup, which torch.compile traces
-            return self._gathers[key]
-        return self._build_row_gather(key)
-
-    @torch.compiler.disable
-    def _build_row_gather(self, key: tuple) -> RowGather:
-        batch, length, device = key
-        if len(self._gathers) >= 16:
-            self._gathers.clear()
-        padded = -(-length // self.window_size) * self.window_size
-        source = (torch.arange(padded) + self.shift_size) % padded  # rolled position -> padded position
-        gather = batch_row_gather((torch.where(source < length, source, -1),), batch, length)
-        self._gathers[key] = None if gather is None else tuple(t.to(device) for t in gather)
-        return self._gathers[key]
 
     def _attention_mask(self, length: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
         """Relative position bias, shift mask and padding mask as one additive mask, ``(H | nW, H | B, nW, H, w, w)``."""
@@ -347,7 +347,7 @@ class ShiftedWindowAttention1d(nn.Module):
             return self._forward_reference(x, valid)
         batch, length, dim = x.shape
         w, heads = self.window_size, self.num_heads
-        gather = self._row_gather(batch, length, x.device)
+        gather = window_row_gather_1d(batch, length, w, self.shift_size, x.device)
         qkv = self.qkv(x).reshape(batch * length, 3 * dim)
         fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * dim)
         rows = to_windows(qkv, fill, gather)  # (B * Lp, 3D): padded, rolled left by the shift, in windows
