@@ -1,4 +1,4 @@
-"""Small-window attention with its explicit softmax against PyTorch's scaled-dot-product attention."""
+"""Small-window attention over window rows against PyTorch's scaled-dot-product attention."""
 
 from __future__ import annotations
 
@@ -26,18 +26,23 @@ def test_matches_scaled_dot_product_attention(which):
     torch.manual_seed(0)
     batch, windows, heads, n, d = 3, 4, 2, 8, 5
     mask = _masks(batch, windows, heads, n)[which]
-    inputs = [torch.randn(batch, windows, heads, n, d) for _ in range(3)] + [mask]
-    grad_out = torch.randn(batch, windows, heads, n, d)
+    rows = torch.randn(batch * windows * n, 3 * heads * d)
+    grad_out = torch.randn(batch * windows * n, heads * d)
+
+    def sdpa(rows, mask):
+        q, k, v = rows.view(batch, windows, n, 3, heads, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nW, h, N, d)
+        return out.transpose(2, 3).reshape(-1, heads * d)
 
     def run(fn):
-        leaves = [t.clone().requires_grad_() for t in inputs]
+        leaves = [t.clone().requires_grad_() for t in (rows, mask)]
         out = fn(*leaves)
         out.backward(grad_out)
         return [out.detach()] + [leaf.grad for leaf in leaves]
 
-    ours = run(lambda q, k, v, m: small_window_attention(q, k, v, m, d**-0.5))
-    theirs = run(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
-    for name, a, b in zip(("out", "q", "k", "v", "mask"), ours, theirs):
+    ours = run(lambda r, m: small_window_attention(r, m, batch, heads, d**-0.5))
+    theirs = run(sdpa)
+    for name, a, b in zip(("out", "rows", "mask"), ours, theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
     with torch.no_grad():
-        torch.testing.assert_close(small_window_attention(*inputs, d**-0.5), ours[0])
+        torch.testing.assert_close(small_window_attention(rows, mask, batch, heads, d**-0.5), ours[0])

@@ -334,31 +334,23 @@ class ShiftedWindowAttention1d(nn.Module):
             attn_mask = attn_mask + self._padding_mask(valid, attn_mask.dtype)  # (B, nW, H, w, w)
         return attn_mask.to(dtype)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
-        """``(B, nW, H, w, hd)`` queries, keys, values -> the same shape of outputs."""
-        dropout_p = self.attention_dropout if self.training else 0.0
-        if self.impl == "fused" and q.device.type == "cpu" and not dropout_p:  # torch.softmax is slow on short rows
-            return small_window_attention(q, k, v, attn_mask, q.shape[-1] ** -0.5)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         """``(B, L, D) -> (B, L, D)``; ``valid`` ``(B, L)`` bool marks real tokens (None: all are)."""
-        if self.impl == "reference":
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if self.impl == "reference" or x.device.type != "cpu" or dropout_p:
             return self._forward_reference(x, valid)
         batch, length, dim = x.shape
-        w, heads = self.window_size, self.num_heads
-        gather = window_row_gather_1d(batch, length, w, self.shift_size, x.device)
+        gather = window_row_gather_1d(batch, length, self.window_size, self.shift_size, x.device)
         qkv = self.qkv(x).reshape(batch * length, 3 * dim)
         fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * dim)
         rows = to_windows(qkv, fill, gather)  # (B * Lp, 3D): padded, rolled left by the shift, in windows
-        num_windows = rows.shape[0] // (batch * w)
-        q, k, v = rows.view(batch, num_windows, w, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
-        out = self._attend(q, k, v, self._attention_mask(length, valid, q.dtype))
-        out = to_tokens(out.transpose(2, 3).reshape(-1, dim), gather)  # (B * L, D): back in place, padding dropped
+        mask = self._attention_mask(length, valid, rows.dtype)
+        out = small_window_attention(rows, mask, batch, self.num_heads, (dim // self.num_heads) ** -0.5)
+        out = to_tokens(out, gather)  # (B * L, D): back in place, padding dropped
         return self.proj_drop(self.proj(out)).view(batch, length, dim)
 
     def _forward_reference(self, x: Tensor, valid: Tensor | None) -> Tensor:
-        """The plain formulation: pad, roll, project every position, attend, roll back, crop."""
+        """The plain formulation: pad, roll, project every position, attend through SDPA, roll back, crop."""
         batch, length, dim = x.shape
         w, s, heads = self.window_size, self.shift_size, self.num_heads
         x = pad_right(x, w)
@@ -367,7 +359,9 @@ class ShiftedWindowAttention1d(nn.Module):
         num_windows = x.shape[1] // w
         qkv = self.qkv(x).view(batch, num_windows, w, 3, heads, dim // heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, H, w, hd)
-        out = self._attend(q, k, v, self._attention_mask(length, valid, q.dtype))
+        dropout_p = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._attention_mask(length, valid, q.dtype),
+                                             dropout_p=dropout_p)
         out = self.proj_drop(self.proj(out.transpose(2, 3).reshape(batch, num_windows * w, dim)))  # (B, Lp, D)
         if s:
             out = torch.roll(out, s, dims=1)
