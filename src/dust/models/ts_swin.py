@@ -262,13 +262,17 @@ class PatchMerging1d(nn.Module):
 class ShiftedWindowAttention1d(nn.Module):
     """Multi-head self-attention in (shifted) windows with a learned relative position bias.
 
-    The sequence is right-padded to a multiple of the window, rolled left by the
-    shift, attended window by window with bias and masks folded into one float mask
-    (:func:`~dust.models.small_window_attention.small_window_attention` on the CPU,
-    ``scaled_dot_product_attention`` elsewhere and with attention dropout), rolled
-    back and cropped. Padding, roll and partition are one row gather of the projected
-    tokens (:mod:`dust.models.window_rows`), so the padding is never projected.
-    ``impl = "reference"`` runs the plain formulation instead (for checks and FLOP counts).
+    The sequence is right-padded to a multiple of the window, rolled left by the shift and
+    attended window by window, with bias and masks folded into one float mask; the result
+    is rolled back and cropped. Two implementations give the same outputs:
+
+    - ``impl = "fused"`` (default), on the CPU without attention dropout: padding, roll
+      and partition are one row gather of the projected tokens
+      (:mod:`dust.models.window_rows`; the padding is never projected), and the attention
+      is :func:`~dust.models.small_window_attention.small_window_attention`.
+    - ``impl = "reference"``, and on other devices or with attention dropout: the plain
+      formulation through ``scaled_dot_product_attention`` (PyTorch's fused kernels on a
+      GPU). Also what the benchmark counts FLOPs on.
     """
 
     impl: AttentionImpl = "fused"
