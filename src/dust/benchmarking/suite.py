@@ -43,12 +43,12 @@ class SuiteConfig:
 
     @classmethod
     def quick_config(cls, compile: bool | None = None) -> SuiteConfig:
-        """Under 3 minutes: one size per row group, two repeats; compiles the time-series model
-        (seconds to compile) but not the video models unless ``compile``."""
+        """Under 3 minutes: one size per row group, two repeats; eager unless ``compile`` (compiling
+        the time-series step takes 25 s cold and no longer makes it faster)."""
         return cls(quick=True, video=(("paper", (16, 64, 64), 2), ("paper", (16, 112, 112), 1),
                                       ("nano", (16, 64, 64), 8), ("nano", (16, 112, 112), 4)),
                    loader_clips=6, feature_clips=3, memory_limit_batches=4, repeats=2,
-                   compile=_compiled_rows(compile, default={"ts"}))
+                   compile=_compiled_rows(compile, default=set()))
 
     @classmethod
     def full_config(cls, compile: bool | None = None) -> SuiteConfig:
@@ -173,8 +173,8 @@ def format_table(result: dict[str, Any]) -> str:
     footer = [
         (f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {precision}; "
          f"peak = best torch.mm of the run (samples: {samples} GFLOP/s)"),
-        ("FLOPs: torch.utils.flop_counter on the model (video: torchvision's reference attention), forward + backward "
-         "for train (optimizer step not counted), forward for infer"),
+        ("FLOPs: torch.utils.flop_counter on the model with its plain window attention (padding projected: work the "
+         "fused paths skip counts as done), forward + backward for train (optimizer step not counted), forward for infer"),
     ]
     if all(load):
         footer.append(f"load average {load[0][0]:.1f} before, {load[1][0]:.1f} after "

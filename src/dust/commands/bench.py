@@ -17,7 +17,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     compile_group = parser.add_mutually_exclusive_group()
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="also time torch.compile'd training steps and keep the faster "
-                                    "(default: the time-series row, and in the full suite the nano video rows)")
+                                    "(default: none in --quick; the time-series and nano video rows in the full suite)")
     compile_group.add_argument("--no-compile", "--no_compile", dest="compile", action="store_false",
                                help="eager only")
     add_flag(parser, "threads", type=int, default=None,

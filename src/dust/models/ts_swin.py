@@ -120,7 +120,7 @@ def relative_position_index_1d(window: int) -> Tensor:
     return coords[:, None] - coords[None, :] + window - 1
 
 
-def _reference_shift_labels(length: int, window: int, shift: int) -> Tensor:
+def _reference_shift_labels(length: int, window: int, shift: int, device: torch.device | None = None) -> Tensor:
     """Segment label of each position of the rolled, padded sequence, as the reference does it.
 
     Returns ``(Lp,)`` integer labels. The rule (including its use of ``2w`` where the
@@ -137,13 +137,14 @@ def _reference_shift_labels(length: int, window: int, shift: int) -> Tensor:
             cuts = [slice(None, -k), slice(-k, -window), slice(-window, -shift), slice(-shift, None)]
         else:
             cuts = [slice(None, -window), slice(-window, -k), slice(-k, -shift), slice(-shift, None)]
-    labels = torch.zeros(padded, dtype=torch.long)
+    labels = torch.zeros(padded, dtype=torch.long, device=device)
     for label, cut in enumerate(cuts):
         labels[cut] = label
     return labels
 
 
-def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode) -> Tensor | None:
+def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode,
+                         device: torch.device | None = None) -> Tensor | None:
     """Additive attention mask for each window of a (possibly shifted) padded sequence.
 
     Args:
@@ -151,6 +152,7 @@ def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode) -
         window: window size (w).
         shift: left roll applied before partitioning (s), 0 for unshifted blocks.
         mode: ``"correct"`` or ``"reference"`` (see :data:`MaskMode`).
+        device: where to build it (default: the CPU).
 
     Returns:
         ``(Lp / w, w, w)`` float mask to add to the attention scores (query, key),
@@ -161,19 +163,19 @@ def shift_window_mask_1d(length: int, window: int, shift: int, mode: MaskMode) -
     if mode == "reference":
         if shift == 0:
             return None
-        labels = _reference_shift_labels(length, window, shift).view(num_windows, window)
+        labels = _reference_shift_labels(length, window, shift, device).view(num_windows, window)
         differ = labels[:, :, None] != labels[:, None, :]
         return differ.float() * _REFERENCE_MASK_VALUE
     if mode != "correct":
         raise ValueError(f"mask mode must be 'correct' or 'reference', got {mode!r}")
     if shift == 0 and padded == length:
         return None
-    original = (torch.arange(padded) + shift) % padded  # rolled position -> original position
+    original = (torch.arange(padded, device=device) + shift) % padded  # rolled position -> original position
     valid = (original < length).view(num_windows, window)
     wrapped = (original < shift).view(num_windows, window)
     allowed = valid[:, None, :] & (wrapped[:, :, None] == wrapped[:, None, :])
-    allowed |= torch.eye(window, dtype=torch.bool)  # padding queries keep one finite score
-    mask = torch.zeros(allowed.shape)
+    allowed |= torch.eye(window, dtype=torch.bool, device=device)  # padding queries keep one finite score
+    mask = torch.zeros(allowed.shape, device=device)
     return mask.masked_fill_(~allowed, float("-inf"))
 
 
@@ -304,14 +306,6 @@ class ShiftedWindowAttention1d(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(2 * window_size - 1, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index_1d(window_size), persistent=False)
-        self._masks: dict[tuple[int, torch.device], Tensor | None] = {}
-
-    def _window_mask(self, length: int, device: torch.device) -> Tensor | None:
-        key = (length, device)
-        if key not in self._masks:
-            mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode)
-            self._masks[key] = None if mask is None else mask.to(device)
-        return self._masks[key]
 
     def _padding_mask(self, valid: Tensor, dtype: torch.dtype) -> Tensor:
         """``(B, L)`` valid tokens -> ``(B, nW, 1, w, w)`` additive mask hiding padded keys.
@@ -331,7 +325,8 @@ class ShiftedWindowAttention1d(nn.Module):
         """Relative position bias, shift mask and padding mask as one additive mask, ``(H | nW, H | B, nW, H, w, w)``."""
         bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
         attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
-        window_mask = self._window_mask(length, bias.device)
+        # built on every call (a few small ops): torch.compile traces it instead of guarding on a cache
+        window_mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode, bias.device)
         if window_mask is not None:
             attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
         if valid is not None:
