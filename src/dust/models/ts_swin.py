@@ -322,10 +322,14 @@ class ShiftedWindowAttention1d(nn.Module):
         return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill_(~allowed, float("-inf"))
 
     def _attention_mask(self, length: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
-        """Relative position bias, shift mask and padding mask as one additive mask, ``(H | nW, H | B, nW, H, w, w)``."""
+        """Relative position bias, shift mask and padding mask as one additive mask.
+
+        ``(H, w, w)``; ``(nW, H, w, w)`` with a shift mask; ``(B, nW, H, w, w)`` with padding.
+        Built on every call (a few small ops), so ``torch.compile`` traces it instead of
+        guarding on a cache.
+        """
         bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
         attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
-        # built on every call (a few small ops): torch.compile traces it instead of guarding on a cache
         window_mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode, bias.device)
         if window_mask is not None:
             attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
