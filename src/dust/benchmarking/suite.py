@@ -90,6 +90,8 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
 
     say(f"time-series model, batch {config.ts_batch}")
     rows += bench_ts(env, peak, batch=config.ts_batch, compile_mode="ts" in config.compile)
+    say(f"time-series model, batch {config.ts_batch}, plain attention")
+    rows += bench_ts(env, peak, batch=config.ts_batch, attention="reference")  # the before figure
     for i, (preset, clip, batch) in enumerate(config.video):
         peaks.append(matmul_peak(device, peak_dtype))  # the yardstick again: the CPU may be shared
         say(f"video {preset} {clip} x{batch}")

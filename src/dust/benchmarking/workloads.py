@@ -186,15 +186,20 @@ def _compiled_if_faster(model: nn.Module, step_for: Callable[[nn.Module], Callab
 
 
 def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, length: int = 51,
-             channels: int = 3, num_classes: int = 4, compile_mode: bool = False) -> list[Row]:
-    """Time-series model: training step and inference at ``batch`` series of ``channels x length``."""
+             channels: int = 3, num_classes: int = 4, compile_mode: bool = False,
+             attention: str = "fused") -> list[Row]:
+    """Time-series model: training step and inference at ``batch`` series of ``channels x length``.
+
+    ``attention="reference"`` times the plain pad-roll-crop window attention through SDPA instead
+    (the before figure).
+    """
     torch.manual_seed(0)
 
     def build() -> TimeSeriesSwin:
         return TimeSeriesSwin.from_preset(preset, seq_len=length, in_chans=channels, num_classes=num_classes)
 
     flops = _model_flops(lambda: build().set_attention_impl("reference"), (channels, length), num_classes, env)
-    model = build().to(env.device)
+    model = build().to(env.device).set_attention_impl(attention)
     x = torch.randn(batch, channels, length, device=env.device)
     y = torch.randint(0, num_classes, (batch,), device=env.device)
     model.train()
@@ -203,7 +208,8 @@ def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, 
     info["optimizer_s"] = _optimizer_seconds(model, optimizer, x, y, env)
     model.eval()
     infer = time_call(_inference(model, x, env), env.device, warmup=env.warmup, repeats=env.repeats).best
-    rows = _rows("ts", preset, f"{channels}x{length}", batch, flops, peak, train, infer, mode)
+    note = "plain attention (SDPA)" if attention == "reference" else ""
+    rows = _rows("ts", preset, f"{channels}x{length}", batch, flops, peak, train, infer, mode, note)
     _add_training_info(rows[0], info)
     return rows
 
