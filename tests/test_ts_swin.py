@@ -169,3 +169,15 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mask_mode", ["correct", "reference"])
+def test_shift_mask_kept_for_the_usual_length_matches_one_built_per_call(mask_mode):
+    kept = ShiftedWindowAttention1d(dim=8, window_size=4, shift_size=2, num_heads=2, mask_mode=mask_mode, length=13)
+    built = ShiftedWindowAttention1d(dim=8, window_size=4, shift_size=2, num_heads=2, mask_mode=mask_mode)
+    built.load_state_dict(kept.state_dict())  # the kept mask is not part of the state
+    torch.nn.init.normal_(kept.relative_position_bias_table)
+    built.relative_position_bias_table.data.copy_(kept.relative_position_bias_table)
+    for length in (13, 11):  # the usual length, and another one
+        x = torch.randn(2, length, 8)
+        torch.testing.assert_close(kept(x), built(x))

@@ -289,6 +289,7 @@ class ShiftedWindowAttention1d(nn.Module):
         attention_dropout: float = 0.0,
         dropout: float = 0.0,
         mask_mode: MaskMode = "correct",
+        length: int | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -306,6 +307,9 @@ class ShiftedWindowAttention1d(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(2 * window_size - 1, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index_1d(window_size), persistent=False)
+        self.length = length  # the sequence length this block usually sees: its shift mask is built once
+        self.register_buffer("shift_mask", None if length is None else
+                             shift_window_mask_1d(length, window_size, shift_size, mask_mode), persistent=False)
 
     def _padding_mask(self, valid: Tensor, dtype: torch.dtype) -> Tensor:
         """``(B, L)`` valid tokens -> ``(B, nW, 1, w, w)`` additive mask hiding padded keys.
@@ -325,12 +329,15 @@ class ShiftedWindowAttention1d(nn.Module):
         """Relative position bias, shift mask and padding mask as one additive mask.
 
         ``(H, w, w)``; ``(nW, H, w, w)`` with a shift mask; ``(B, nW, H, w, w)`` with padding.
-        Built on every call (a few small ops), so ``torch.compile`` traces it instead of
-        guarding on a cache.
+        The shift mask of the usual length is a buffer; other lengths build theirs on the call
+        (a few small ops, which ``torch.compile`` traces rather than guarding on a cache).
         """
         bias = self.relative_position_bias_table[self.relative_position_index]  # (w, w, H)
         attn_mask = bias.permute(2, 0, 1)  # (H, w, w)
-        window_mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode, bias.device)
+        if length == self.length:
+            window_mask = self.shift_mask
+        else:
+            window_mask = shift_window_mask_1d(length, self.window_size, self.shift_size, self.mask_mode, bias.device)
         if window_mask is not None:
             attn_mask = attn_mask[None] + window_mask[:, None].to(attn_mask.dtype)  # (nW, H, w, w)
         if valid is not None:
@@ -386,10 +393,11 @@ class SwinBlock1d(nn.Module):
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
         mask_mode: MaskMode = "correct",
+        length: int | None = None,
     ) -> None:
         super().__init__()
         self.attn = ShiftedWindowAttention1d(
-            dim, window_size, shift_size, num_heads, qkv_bias, attention_dropout, dropout, mask_mode
+            dim, window_size, shift_size, num_heads, qkv_bias, attention_dropout, dropout, mask_mode, length
         )
         self.norm1 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
@@ -446,6 +454,7 @@ class SwinStage1d(nn.Module):
                 attention_dropout,
                 drop_paths[j],
                 mask_mode,
+                resolution,
             )
             for j in range(depth)
         )
