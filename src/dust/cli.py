@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_config(args._parser, args.config, args.command, strict_keys=args.command != "run")
             args = _parse(parser, argv)
         code = args._run(args)
+        _end_distributed()
     except (InputError, WeightsError) as err:
         print(f"dust: error: {err}", file=sys.stderr)
         return 2
@@ -121,6 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dust: interrupted", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0
+
+
+def _end_distributed() -> None:
+    """Destroy the process group a multi-process stage left behind, after a run that succeeded.
+
+    A process that exits with gloo's worker threads still running can abort at interpreter
+    shutdown (SIGABRT, "terminate called without an active exception"). After a failure it is
+    left alone: destroying it while another rank waits in a collective can hang.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
