@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from dust.benchmarking.ceiling import product_ceiling, record_counted_ops
+from dust.benchmarking.measure import count_flops
 from dust.benchmarking.workloads import Env, bench_ts, bench_video
 
 ENV = Env(torch.device("cpu"), repeats=1, warmup=1)
@@ -26,3 +28,54 @@ def test_video_rows_credit_the_same_work_to_both_attentions():
     assert [r.workload for r in fused] == ["video train", "video infer"]
     assert plain[0].note.startswith("torchvision attention")
     assert [r.gflop_per_sample for r in fused] == [r.gflop_per_sample for r in plain]
+
+
+def _linear_step(batch: int = 6):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 24), torch.nn.GELU(), torch.nn.Linear(24, 3))
+    x, y = torch.randn(batch, 10), torch.randint(0, 3, (batch,))
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    return step
+
+
+def test_recorded_ops_are_the_steps_matrix_products_by_layout():
+    calls = record_counted_ops(_linear_step())
+    by_op = {}
+    for (op, args, _), count in calls.items():
+        shapes = tuple(a.shape for a in args if hasattr(a, "shape"))
+        by_op.setdefault(op.overloadpacket.__name__, set()).add((shapes, count))
+    # forward: two addmm; backward: the input gradient of the second layer, both weight gradients
+    assert by_op["addmm"] == {(((24,), (6, 10), (10, 24)), 1), (((3,), (6, 24), (24, 3)), 1)}
+    assert {shapes for shapes, _ in by_op["mm"]} == {((6, 3), (3, 24)), ((3, 6), (6, 24)), ((24, 6), (6, 10))}
+    assert set(by_op) == {"addmm", "mm"}  # GELU, loss, sums: not counted, not recorded
+
+
+def test_ceiling_replays_exactly_the_work_the_step_did():
+    step = _linear_step()
+    ceiling = product_ceiling(step, torch.device("cpu"), repeats=1)
+    assert ceiling.flops == count_flops(step)  # same ops, same shapes: the same FLOPs
+    assert ceiling.calls == 5 and ceiling.distinct == 5 and ceiling.seconds > 0
+
+
+def test_ceiling_replays_strided_and_broadcast_operands():
+    a = torch.randn(4, 8, 6).transpose(1, 2)  # (4, 6, 8), not contiguous
+    b = torch.randn(8, 5).expand(4, 8, 5)  # stride 0 in the batch dimension
+    calls = record_counted_ops(lambda: torch.bmm(a, b))
+    ((_, args, _), count), = calls.items()
+    assert count == 1 and [arg.stride for arg in args] == [a.stride(), b.stride()]
+    ceiling = product_ceiling(lambda: torch.bmm(a, b), torch.device("cpu"), repeats=1)
+    assert ceiling.flops == 2 * 4 * 6 * 8 * 5
+
+
+def test_suite_rows_carry_the_training_steps_ceiling():
+    rows = bench_ts(ENV, peak=100.0, preset="nano", batch=4, length=13, ceiling=True)
+    assert [r.workload for r in rows] == ["ts train", "ts train ceiling", "ts infer"]
+    train, ceiling = rows[0], rows[1]
+    assert ceiling.gflop_per_sample == train.gflop_per_sample  # judged on the same counted work
+    assert ceiling.mode == "ops alone" and ceiling.extra["calls"] > 0 and ceiling.extra["ops_gflop"] > 0
+    assert ceiling.peak_fraction == ceiling.gflops / 100.0
+    video = bench_video(ENV, peak=100.0, preset="nano", clip=(4, 32, 32), batch=1, infer=False, ceiling=True)
+    assert [r.workload for r in video] == ["video train", "video train ceiling"]

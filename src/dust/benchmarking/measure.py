@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["Timing", "count_flops", "device_sync", "load_average", "matmul_peak", "proc_status", "time_call"]
+__all__ = ["Timing", "count_flops", "device_sync", "extra_flop_formulas", "load_average", "matmul_peak", "proc_status",
+           "time_call"]
 
 
 @dataclass
@@ -63,7 +64,8 @@ def _cpu_flash_backward_flop(grad_out_shape, query_shape, key_shape, value_shape
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def _extra_flop_formulas() -> dict:
+def extra_flop_formulas() -> dict:
+    """FLOP formulas for ops ``torch.utils.flop_counter`` has none for (PyTorch's CPU flash attention)."""
     aten = torch.ops.aten
     table = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
@@ -74,7 +76,7 @@ def _extra_flop_formulas() -> dict:
 
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of the matrix products and convolutions that ``fn()`` runs (``torch.utils.flop_counter``)."""
-    with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import TimeSeriesSwin, VideoSwin
+from .ceiling import product_ceiling
 from .measure import count_flops, device_sync, time_call
 
 __all__ = ["Env", "Row", "bench_features", "bench_loader", "bench_ts", "bench_video"]
@@ -164,6 +165,20 @@ def _add_training_info(row: Row, info: dict[str, Any]) -> None:
         row.note = f"{row.note}; {share}" if row.note else share
 
 
+def _ceiling_row(train: Row, step: Callable[[], None], env: Env, peak: float) -> Row:
+    """The training step's FLOP-counted operations timed alone (:mod:`~dust.benchmarking.ceiling`): the most
+    ``train`` could reach were everything else free."""
+    ceiling = product_ceiling(step, env.device, repeats=env.repeats)
+    batch = train.batch or 1
+    rate = (train.gflop_per_sample or 0.0) * batch / ceiling.seconds
+    note = (f"{ceiling.calls} matmul/attention/conv calls ({ceiling.distinct} layouts) timed alone, "
+            f"the rest free; they run at {ceiling.gflops:.0f} GFLOP/s")
+    return Row(f"{train.workload} ceiling", train.model, train.input, batch, "ops alone", batch / ceiling.seconds,
+               train.gflop_per_sample, rate, rate / peak, ceiling.seconds, note,
+               {"ops_seconds": ceiling.seconds, "ops_gflop": ceiling.flops / 1e9, "calls": ceiling.calls,
+                "layouts": ceiling.distinct})
+
+
 def _compiled_if_faster(model: nn.Module, step_for: Callable[[nn.Module], Callable[[], None]], env: Env,
                         compile_mode: bool) -> tuple[float, str, dict[str, Any]]:
     """Best training-step seconds eager, and compiled too when asked; which won."""
@@ -187,11 +202,11 @@ def _compiled_if_faster(model: nn.Module, step_for: Callable[[nn.Module], Callab
 
 def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, length: int = 51,
              channels: int = 3, num_classes: int = 4, compile_mode: bool = False,
-             attention: str = "fused") -> list[Row]:
+             attention: str = "fused", ceiling: bool = False) -> list[Row]:
     """Time-series model: training step and inference at ``batch`` series of ``channels x length``.
 
     ``attention="reference"`` times the plain pad-roll-crop window attention through SDPA instead
-    (the before figure).
+    (the before figure). ``ceiling`` adds the training step's ceiling row (:func:`_ceiling_row`).
     """
     torch.manual_seed(0)
 
@@ -211,15 +226,19 @@ def bench_ts(env: Env, peak: float, *, preset: str = "paper", batch: int = 256, 
     note = "plain attention (SDPA)" if attention == "reference" else ""
     rows = _rows("ts", preset, f"{channels}x{length}", batch, flops, peak, train, infer, mode, note)
     _add_training_info(rows[0], info)
+    if ceiling:
+        model.train()
+        rows.insert(1, _ceiling_row(rows[0], _train_step(model, optimizer, x, y, env), env, peak))
     return rows
 
 
 def bench_video(env: Env, peak: float, *, preset: str, clip: tuple[int, int, int], batch: int,
                 num_classes: int = 4, train: bool = True, infer: bool = True, compile_mode: bool = False,
-                attention: str = "fused") -> list[Row]:
+                attention: str = "fused", ceiling: bool = False) -> list[Row]:
     """Video model: training step and inference on ``batch`` random clips of ``3 x T x H x W``.
 
     ``attention="reference"`` times torchvision's own window attention instead (the before figure).
+    ``ceiling`` adds the training step's ceiling row (:func:`_ceiling_row`).
     """
     torch.manual_seed(0)
     flops = _model_flops(lambda: VideoSwin.from_preset(preset, num_classes=num_classes).set_attention_impl("reference"),
@@ -243,6 +262,9 @@ def bench_video(env: Env, peak: float, *, preset: str, clip: tuple[int, int, int
     rows = _rows("video", preset, "x".join(map(str, clip)), batch, flops, peak, train_s, infer_s, mode, note)
     if train:
         _add_training_info(rows[0], info)
+        if ceiling:
+            model.train()
+            rows.insert(1, _ceiling_row(rows[0], _train_step(model, optimizer, x, y, env), env, peak))
     return rows
 
 
