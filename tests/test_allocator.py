@@ -52,3 +52,38 @@ def test_fast_keeps_freed_buffers_and_lean_returns_them(mode):
         assert held_kib > 200 * 1024  # the 256 MiB stay in the heap for the next step
     else:
         assert held_kib < 32 * 1024
+
+
+# A child process: the anonymous huge pages behind a fresh 64 MiB tensor, in KiB.
+_HUGE_PAGES_BEHIND_BUFFER = """
+import sys, torch
+from dust.allocator import configure_malloc
+configure_malloc(sys.argv[1])
+def huge_kib():
+    return next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages'))
+before = huge_kib()
+buffer = torch.ones(16 << 20)
+print(huge_kib() - before)
+"""
+
+
+def _huge_pages_on_request() -> bool:
+    """Whether the kernel gives transparent huge pages where a program asks (madvise), and only there."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
+            return "[madvise]" in setting.read()
+    except OSError:
+        return False
+
+
+@glibc_only
+@pytest.mark.skipif(not _huge_pages_on_request(), reason="transparent huge pages not in madvise mode")
+@pytest.mark.parametrize(("mode", "env", "expect_huge"), [("lean", {}, True), ("fast", {}, False),
+                                                          ("lean", {"THP_MEM_ALLOC_ENABLE": "0"}, False)])
+def test_lean_backs_large_buffers_with_huge_pages_unless_told_not_to(mode, env, expect_huge, monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    huge_kib = int(subprocess.run([sys.executable, "-c", _HUGE_PAGES_BEHIND_BUFFER, mode], check=True,
+                                  capture_output=True, text=True).stdout)
+    assert (huge_kib >= 32 * 1024) is expect_huge, huge_kib

@@ -14,6 +14,7 @@ __all__ = ["MALLOC_MODES", "configure_malloc"]
 MALLOC_MODES = ("fast", "lean", "default")
 """Values of ``DUST_MALLOC``; the first is the default."""
 
+_TORCH_HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _SETTINGS = {  # mode: (mmap threshold, trim threshold), in bytes
@@ -32,8 +33,11 @@ def configure_malloc(mode: str | None = None) -> bool:
       the nano preset on 77x224x224 clips the process holds about 1.4 GiB of anonymous memory
       between steps where its tensors need about 0.5.
     - ``lean``: every allocation from 1 MiB up is mapped, and returned to the system when
-      freed, so the resident set follows the live tensors. Steps are slower, by how much
-      depends on the model: that same nano step takes 0.82 s against 0.45 s with ``fast``.
+      freed, so the resident set follows the live tensors. PyTorch is also asked to back its
+      buffers from 2 MB up with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` unless set
+      otherwise; where the kernel allows them): a fresh buffer then costs one page fault per
+      2 MB instead of one per 4 KiB. Steps are still slower, by how much depends on the model:
+      that same nano step takes 0.66 s against 0.44 s with ``fast`` (0.84 s on 4 KiB pages).
     - ``default``: glibc's own settings, left alone.
 
     Process-wide; the CLI calls it once at start. Returns whether settings were applied (False
@@ -52,4 +56,6 @@ def configure_malloc(mode: str | None = None) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mmap_threshold, trim_threshold = _SETTINGS[mode]
+    if mode == "lean":
+        os.environ.setdefault(_TORCH_HUGE_PAGES, "1")  # read by PyTorch's CPU allocator on its first large buffer
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
