@@ -79,3 +79,16 @@ def test_suite_rows_carry_the_training_steps_ceiling():
     assert ceiling.peak_fraction == ceiling.gflops / 100.0
     video = bench_video(ENV, peak=100.0, preset="nano", clip=(4, 32, 32), batch=1, infer=False, ceiling=True)
     assert [r.workload for r in video] == ["video train", "video train ceiling"]
+
+
+def test_a_ceiling_that_cannot_be_replayed_is_reported_not_raised(monkeypatch):
+    import dust.benchmarking.workloads as workloads
+
+    def unreplayable(*args, **kwargs):
+        raise RuntimeError("aten::some_kernel cannot run alone")
+
+    monkeypatch.setattr(workloads, "product_ceiling", unreplayable)
+    rows = bench_ts(ENV, peak=100.0, preset="nano", batch=2, length=13, ceiling=True)
+    ceiling = rows[1]
+    assert ceiling.workload == "ts train ceiling" and ceiling.gflops is None
+    assert ceiling.note == "not measured: RuntimeError: aten::some_kernel cannot run alone"

@@ -168,8 +168,12 @@ def _add_training_info(row: Row, info: dict[str, Any]) -> None:
 def _ceiling_row(train: Row, step: Callable[[], None], env: Env, peak: float) -> Row:
     """The training step's FLOP-counted operations timed alone (:mod:`~dust.benchmarking.ceiling`): the most
     ``train`` could reach were everything else free."""
-    ceiling = product_ceiling(step, env.device, repeats=env.repeats)
     batch = train.batch or 1
+    try:
+        ceiling = product_ceiling(step, env.device, repeats=env.repeats)
+    except Exception as err:  # noqa: BLE001  (an op that cannot be replayed alone: say so, keep the suite going)
+        return Row(f"{train.workload} ceiling", train.model, train.input, batch, "ops alone",
+                   note=f"not measured: {type(err).__name__}: {err}"[:200])
     rate = (train.gflop_per_sample or 0.0) * batch / ceiling.seconds
     note = (f"{ceiling.calls} matmul/attention/conv calls ({ceiling.distinct} layouts) timed alone, "
             f"the rest free; they run at {ceiling.gflops:.0f} GFLOP/s")
