@@ -110,7 +110,8 @@ class Ceiling:
     Attributes:
         seconds: the sum over calls of each call's best time, replayed alone.
         flops: the FLOPs of those calls (as the step ran them).
-        calls: how many calls, and how many distinct layouts among them.
+        calls: how many calls the step made.
+        distinct: how many distinct (op, shapes, strides) among them, each timed once.
     """
 
     seconds: float
