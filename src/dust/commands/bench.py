@@ -25,7 +25,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "workdir", default=None, help="folder for temporary data files (default: the system's)")
 
 
-@register("bench", "Benchmark suite: throughput, FLOP rate vs. the matmul peak, loader rate, stage-1 memory")(_bench_args)
+@register("bench", "Benchmark suite: throughput, FLOP rate vs. the matmul peak and the models' own ceiling, "
+                  "loader rate, stage-1 memory")(_bench_args)
 def bench(args: argparse.Namespace) -> dict:
     from ..benchmarking import SuiteConfig, format_table, run_suite, write_json
 
