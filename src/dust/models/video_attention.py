@@ -128,12 +128,13 @@ def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size:
 
 # --- attention over the window rows ----------------------------------------------------
 
-# Recomputed probabilities below e^-30 (about 1e-13) are set to exactly zero. Scores masked by
-# torchvision's -100 would otherwise come out of exp() as subnormal floats, and so would their
-# products with small gradients in the matrix products that follow; x86 computes with subnormal
-# operands about a hundred times slower (the shifted blocks' backward products ran 5x slower on
-# 16x64x64 clips). Dropped, such probabilities change a row by at most N * e^-30 (4e-11 for
-# N = 392), far below float32 resolution.
+# Recomputed probabilities below e^-30 (about 1e-13) are set to exactly zero. Tiny probabilities
+# times small gradients give subnormal floats in the matrix products that follow, which x86
+# computes about a hundred times slower: with torchvision's -100 shift mask (e^-100 weights, kept
+# at e^-60), the shifted blocks' backward products ran 5x slower on 16x64x64 clips. The mask is
+# -inf now, and this guards against the same from unmasked pairs with very low scores. Dropped,
+# such probabilities change a row by at most N * e^-30 (4e-11 for N = 392), far below float32
+# resolution.
 _EXP_FLOOR = -30.0
 
 
