@@ -92,3 +92,15 @@ def test_a_ceiling_that_cannot_be_replayed_is_reported_not_raised(monkeypatch):
     ceiling = rows[1]
     assert ceiling.workload == "ts train ceiling" and ceiling.gflops is None
     assert ceiling.note == "not measured: RuntimeError: aten::some_kernel cannot run alone"
+
+
+def test_full_suite_compares_the_video_model_at_train_videos_default_batch():
+    from dust.benchmarking.suite import SuiteConfig
+    from dust.cli import PARSERS, build_parser
+
+    build_parser()
+    default_batch = PARSERS["train-video"].parse_args([]).batch_size
+    for config in (SuiteConfig.quick_config(), SuiteConfig.full_config()):
+        assert all(0 <= i < len(config.video) for i in config.compared)
+    compared = [SuiteConfig.full_config().video[i] for i in SuiteConfig.full_config().compared]
+    assert ("paper", (16, 64, 64), default_batch) in compared
