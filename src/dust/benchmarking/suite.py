@@ -55,8 +55,8 @@ class SuiteConfig:
 
     @classmethod
     def full_config(cls, compile: bool | None = None) -> SuiteConfig:
-        """Every row of the quick recipe at more repeats, the whole memory epoch, and the paper preset
-        also at batch 9 (``dust train-video``'s default), where larger matrix products pay better."""
+        """The quick recipe's rows at larger batches and more repeats, the whole memory epoch, and the
+        paper preset also at batch 9 (``dust train-video``'s default), where larger products pay better."""
         return cls(quick=False, video=(("paper", (16, 64, 64), 2), ("paper", (16, 64, 64), 9),
                                        ("paper", (16, 112, 112), 2), ("nano", (16, 64, 64), 8),
                                        ("nano", (16, 112, 112), 8)), compared=(0, 1),
