@@ -13,7 +13,7 @@ import pytest
 from dust.cli import main
 from dust.data import ingest
 from dust.data.ingest import stratified_split
-from dust.data.kinematics_io import read_kinematics
+from dust.data.kinematics_io import KinematicsError, read_kinematics
 from dust.data.video_io import VideoError, read_clip, sample_indices
 
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -221,21 +221,31 @@ def test_kinematics_are_linearly_interpolated_over_their_span(tmp_path):
                                atol=1e-5)
 
 
+def test_timed_rows_are_resampled_over_the_video_not_over_the_csv(tmp_path):
+    # A logger that starts 2 s before the camera and stops 3 s after it.
+    path = tmp_path / "k.csv"
+    path.write_text("time,speed\n" + "".join(f"{t},{t}\n" for t in np.arange(-2.0, 13.5, 0.5)))
+    np.testing.assert_allclose(read_kinematics(path, 6, duration=10.0)[0][0], [0, 2, 4, 6, 8, 10], atol=1e-6)
+    np.testing.assert_allclose(read_kinematics(path, 3)[0][0], [-2, 5.5, 13], atol=1e-6)  # duration unknown
+    with pytest.raises(KinematicsError, match="not the video's 0–20 s"):
+        read_kinematics(path, 6, duration=20.0)
+
+
 def test_channels_are_chosen_by_name_and_text_columns_are_not_channels(tmp_path):
-    path = make_csv(tmp_path / "k.csv", 20, header="time,ax,note,ay,az",
+    path = make_csv(tmp_path / "k.csv", 41, header="time,ax,note,ay,az",
                     cells=lambda i, t: [f"{t:.1f}", f"{t:g}", "ok", f"{2 * t + 1:g}", f"{-t:g}"])
     series, names = read_kinematics(path, 4)
     assert names == ["ax", "ay", "az"]
     series, names = read_kinematics(path, 4, channels=["az", "ax"])
-    t = np.linspace(0, 1.9, 4)
+    t = np.linspace(0, 4.0, 4)
     assert names == ["az", "ax"]
     np.testing.assert_allclose(series, np.stack([-t, t]), atol=1e-6)
     make_video(tmp_path / "v.mp4")
     manifest = write_manifest(tmp_path, [{"video": "v.mp4", "kinematics": "k.csv", "split": "test"}])
     assert prepare(manifest, tmp_path / "out", "--channels", "az,ax") == 0
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["channels"] == ["az", "ax"]
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "kine_test.npy")[0], np.stack(
-        [-np.linspace(0, 1.9, 7), np.linspace(0, 1.9, 7)]), atol=1e-6)
+    t = np.minimum(np.linspace(0, 4.1, 7), 4.0)  # over the 4.1 s video; the last row is at 4.0 s
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "kine_test.npy")[0], np.stack([-t, t]), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- splits and labels

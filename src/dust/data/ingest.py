@@ -368,8 +368,8 @@ def _check_row(task: _Task) -> _Checked:
     try:
         table = load_table(row.kine_path, list(s.channels) if s.channels else None, s.time_scale)
         channels, text_columns = tuple(table.names), table.text_columns
-        if info is not None and not row.whole:
-            resample(table.values, table.time, 2, row.start, row.end, info.duration)  # is the window covered?
+        if info is not None:  # do the rows cover the window (or, timed, the whole video)?
+            resample(table.values, table.time, 2, row.start, row.end, info.duration)
     except KinematicsError as err:
         problems.append(f"kinematics {row.kinematics}: {err}")
     return _Checked(row, "; ".join(problems) or None, channels, info, text_columns)

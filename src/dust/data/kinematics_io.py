@@ -150,14 +150,17 @@ def resample(
 ) -> np.ndarray:
     """Linearly interpolate ``(rows, C)`` values at ``kine_len`` evenly spaced times; returns ``(C, kine_len)``.
 
-    Without a window the times run from the first row to the last; with one,
-    from ``start`` (default 0) to ``end`` (default ``duration``).  Rows without
-    ``time`` sit evenly over ``[0, duration)``.
+    With a window the times run from ``start`` (default 0) to ``end`` (default
+    ``duration``). Without one they span the video, ``0`` to ``duration``, when the rows
+    have a ``time`` column (on the video's clock) and the duration is known; otherwise
+    from the first row to the last. Rows without ``time`` sit evenly over ``[0, duration)``.
+    A window or video the timed rows do not cover raises :class:`KinematicsError`.
     """
     if kine_len < 1:
         raise ValueError(f"kine_len must be positive, got {kine_len}")
     rows = len(values)
-    if start is None and end is None:
+    spans_video = time is not None and bool(duration and duration > 0)
+    if start is None and end is None and not spans_video:
         t = time if time is not None else np.arange(rows, dtype=np.float64)
         grid = np.linspace(t[0], t[-1], kine_len)
     else:
@@ -168,7 +171,8 @@ def resample(
         hi = duration if end is None else end
         step = float(np.median(np.diff(t))) if time is not None else duration / rows
         if lo < t[0] - step - 1e-9 or hi > t[-1] + step + 1e-9:
-            raise KinematicsError(f"the rows cover {t[0]:g}–{t[-1]:g} s, not the window {lo:g}–{hi:g} s")
+            span = "the window" if start is not None or end is not None else "the video's"
+            raise KinematicsError(f"the rows cover {t[0]:g}–{t[-1]:g} s, not {span} {lo:g}–{hi:g} s")
         grid = np.linspace(lo, hi, kine_len)
     out = np.empty((values.shape[1], kine_len), dtype=np.float32)
     for c in range(values.shape[1]):
