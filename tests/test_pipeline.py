@@ -164,6 +164,14 @@ def test_unknown_config_setting_is_refused(trained, tmp_path, capsys):
     assert "bad.yaml: unknown setting(s) for `dust train-ts`: num_epoch" in capsys.readouterr().err
 
 
+def test_run_refuses_a_misspelled_setting_in_a_stage_section(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("num_epochs: 1\ntrain_video:\n  batch_size: 2\n  bach_size: 4\n")
+    assert main(["run", "--workdir", str(tmp_path / "w"), "--config", str(config)]) == 2
+    assert "run.yaml: unknown setting(s) for train-video: bach_size" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before any stage ran
+
+
 def test_same_seed_same_history(trained, tmp_path):
     histories = []
     for i in range(2):

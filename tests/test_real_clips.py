@@ -83,6 +83,19 @@ def test_predict_manifest_to_csv_and_json(finished):
     assert json.loads(out_json.read_text())[0]["prediction"] in ("baseline", "crash")
 
 
+def test_predict_reads_a_manifest_as_prepare_does(finished, capsys):
+    # Excel's "CSV UTF-8" starts with a byte-order mark; headers in any case, no id column.
+    manifest = finished / "excel.csv"
+    manifest.write_text("Video,Kinematics\nclip_9.mp4,clip_9.csv\n", encoding="utf-8-sig")
+    out = finished / "excel_preds.csv"
+    assert main(["predict", "--run", str(finished / "run"), "--manifest", str(manifest), "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        assert next(csv.DictReader(f))["id"] == "clip_9.mp4"  # the video path, as in `dust prepare`'s index
+    manifest.write_text("video,kinematics,end\nclip_9.mp4,clip_9.csv,soon\n")
+    assert main(["predict", "--run", str(finished / "run"), "--manifest", str(manifest)]) == 2
+    assert "excel.csv: manifest row 1 (id clip_9.mp4): end 'soon'" in capsys.readouterr().err
+
+
 def test_predict_reports_a_broken_video_in_one_line(finished, capsys):
     (finished / "broken.mp4").write_bytes(b"not a video")
     code = main(["predict", "--run", str(finished / "run"), "--video", str(finished / "broken.mp4"),

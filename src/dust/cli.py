@@ -50,23 +50,33 @@ def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*spellings, dest=dest, **kwargs)
 
 
-def read_config(path: str, command: str) -> dict[str, Any]:
-    """Flat settings for ``command`` from a YAML file: top-level values, then its own section."""
-    file = Path(path)
+def _load_config(path: str) -> dict[str, Any]:
+    """A YAML config file as a mapping; :class:`InputError` naming the file otherwise."""
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as err:
         raise InputError(f"{path}: cannot read config ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config must be a mapping of settings")
-    sections = {name.replace("-", "_") for name, *_ in _COMMANDS}
-    flat = {k.replace("-", "_"): v for k, v in data.items() if k.replace("-", "_") not in sections}
+    return data
+
+
+def config_section(path: str, command: str) -> dict[str, Any]:
+    """The settings of ``command``'s own section of a YAML config (``train_video:`` ...), or {}."""
+    data = _load_config(path)
     own = data.get(command) or data.get(command.replace("-", "_")) or {}
     if not isinstance(own, dict):
         raise InputError(f"{path}: section {command!r} must be a mapping")
-    flat.update({k.replace("-", "_"): v for k, v in own.items()})
+    return {k.replace("-", "_"): v for k, v in own.items()}
+
+
+def read_config(path: str, command: str) -> dict[str, Any]:
+    """Flat settings for ``command`` from a YAML file: top-level values, then its own section."""
+    sections = {name.replace("-", "_") for name, *_ in _COMMANDS}
+    flat = {k.replace("-", "_"): v for k, v in _load_config(path).items() if k.replace("-", "_") not in sections}
+    flat.update(config_section(path, command))
     return flat
 
 

@@ -27,24 +27,15 @@ def predict_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _manifest_rows(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    if not rows or not {"video", "kinematics"} <= set(rows[0]):
-        raise InputError(f"{path}: a manifest needs the columns video and kinematics")
-    out = []
-    for number, row in enumerate(rows, start=1):
-        entry = {"id": row.get("id") or str(number), "video": path.parent / row["video"],
-                 "kinematics": path.parent / row["kinematics"]}
-        for key in ("start", "end"):
-            try:
-                entry[key] = float(row[key]) if row.get(key) not in (None, "") else None
-            except ValueError:
-                raise InputError(f"{path}: row {number}: {key} {row[key]!r} is not a number") from None
-        out.append(entry)
-    return out
+    """The clips of a prediction manifest, read as `dust prepare` reads one (labels and splits ignored)."""
+    from ..data.ingest import read_manifest
+
+    rows, problems, _ = read_manifest(path)
+    bad = [p for p in problems if not p.problem.startswith("no label")]  # a training manifest's rows may lack one
+    if bad:
+        raise InputError(f"{path}: {bad[0]}")
+    return [{"id": row.id, "video": row.video_path, "kinematics": row.kine_path, "start": row.start, "end": row.end}
+            for row in rows]
 
 
 def _format(rows: list[dict], fmt: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..cli import PARSERS, add_flag, apply_config, read_config, register
+from ..cli import PARSERS, add_flag, apply_config, config_section, read_config, register
 from ..errors import InputError
 from ..training.stages import StageResult
 
@@ -91,12 +91,16 @@ def _data_record(ran: dict[str, argparse.Namespace], prepared: Path | None) -> d
 
 
 def _check_config(path: str) -> None:
-    """Every top-level setting and section of a run config must mean something to some stage."""
+    """Every top-level setting of a run config must mean something to some stage, every stage
+    section's setting to its stage."""
     known = {a.dest for p in PARSERS.values() for a in p._actions}
-    settings = read_config(path, "run")
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(set(read_config(path, "run")) - known)
     if unknown:
         raise InputError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    for stage in STAGES:
+        unknown = sorted(set(config_section(path, stage)) - {a.dest for a in PARSERS[stage]._actions})
+        if unknown:
+            raise InputError(f"{path}: unknown setting(s) for {stage}: {', '.join(unknown)}")
 
 
 def print_summary(summary: dict[str, dict[str, float]]) -> None:
