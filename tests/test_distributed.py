@@ -92,3 +92,17 @@ def test_killed_run_resumes_to_the_same_history(tmp_path):
 
     _dust(tmp_path, "train-ts", *args, "--outpath", "killed/models", "--logpath", "killed/logs", "--resume")
     assert _history(tmp_path / "killed" / "logs") == clean
+
+
+def test_steps_count_the_optimizer_steps_of_several_processes_and_accumulation(tmp_path):
+    from dust.training.stages import TrainSettings, _optimizer_steps_per_epoch
+
+    def steps(**kw) -> int:
+        settings = TrainSettings(outpath=tmp_path / "o", logpath=tmp_path / "l", batch_size=8, **kw)
+        return _optimizer_steps_per_epoch(settings, 100)
+
+    assert steps() == 13  # ceil(100 / 8)
+    assert steps(devices="4") == 4  # each of 4 processes takes ceil(100 / 32) batches
+    assert steps(devices="0,1", num_nodes=2) == 4
+    assert steps(accumulate_grad_batches=2) == 7  # 13 batches, a step every 2 (the last one short)
+    assert steps(devices="auto") == 13

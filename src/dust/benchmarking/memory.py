@@ -90,15 +90,17 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
                "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
                "--threads", str(threads), "--report", str(report),
                *(["--grad-checkpointing"] if grad_checkpointing else [])]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env={**os.environ, "DUST_MALLOC": malloc})
-        peak_rss = peak_anon = 0
-        while child.poll() is None:
-            status = proc_status(child.pid)
-            peak_rss = max(peak_rss, status.get("VmRSS", 0))
-            peak_anon = max(peak_anon, status.get("RssAnon", 0))
-            time.sleep(0.02)
-        output = child.stdout.read() if child.stdout else ""
+        log = root / "child.log"  # a file, not a pipe: a chatty child must not block on a full pipe
+        with open(log, "wb") as sink:
+            child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "DUST_MALLOC": malloc})
+            peak_rss = peak_anon = 0
+            while child.poll() is None:
+                status = proc_status(child.pid)
+                peak_rss = max(peak_rss, status.get("VmRSS", 0))
+                peak_anon = max(peak_anon, status.get("RssAnon", 0))
+                time.sleep(0.02)
+        output = log.read_text(errors="replace")
         if child.returncode != 0 or not report.is_file():
             raise RuntimeError(f"stage-1 memory run failed ({child.returncode}):\n{output[-2000:]}")
         result = json.loads(report.read_text())

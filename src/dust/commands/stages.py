@@ -182,7 +182,8 @@ def train_ts_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "target_tokens", type=int, default=32, help="tokens per series for --patch_size auto")
     add_flag(parser, "window_size", type=int, default=None, help="attention window in tokens (default: the preset's)")
     add_flag(parser, "steps", type=int, default=None,
-             help="train for about this many optimizer steps: sets --num_epochs from the training set's size")
+             help="train for about this many optimizer steps: sets --num_epochs from the training set's size, "
+                  "--batch_size, --devices, --num_nodes and --accumulate_grad_batches")
     add_flag(parser, "variable_length", choices=["mask", "stretch"], default="mask",
              help="NaN-padded series: mask the padding, or stretch each series to the full length (default: mask)")
     add_flag(parser, "ensemble", type=int, default=1,

@@ -217,6 +217,16 @@ def _devices(spec: str) -> int | str | list[int]:
         raise InputError(f"--devices must be a count, 'auto' or a list like 0,1; got {spec!r}") from None
 
 
+def _optimizer_steps_per_epoch(settings: TrainSettings, samples: int) -> int:
+    """Optimizer steps in one epoch over ``samples``: each process takes its share of the batches, and
+    ``accumulate_grad_batches`` of them make a step. ``--devices auto`` and ``-1`` count as one device."""
+    devices = _devices(settings.devices)
+    per_node = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 1
+    processes = per_node * settings.num_nodes
+    batches = -(-samples // (settings.batch_size * processes))
+    return max(1, -(-batches // settings.accumulate_grad_batches))
+
+
 def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     """The checkpoint to resume from, if any; refuses to overwrite a finished run without --overwrite."""
     if settings.resume_from is not None:
@@ -402,8 +412,7 @@ def train_ts(
     if steps is not None:
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
-        per_epoch = -(-len(train) // settings.batch_size)
-        settings = replace(settings, num_epochs=max(1, round(steps / per_epoch)))
+        settings = replace(settings, num_epochs=max(1, round(steps / _optimizer_steps_per_epoch(settings, len(train)))))
     if variable_length not in ("mask", "stretch"):
         raise InputError(f"--variable_length must be 'mask' or 'stretch', got {variable_length!r}")
     transform = SeriesTransform.fit(train, length=length, stretch=variable_length == "stretch")
