@@ -282,3 +282,17 @@ def test_run_refuses_an_ensemble_that_stage_4_cannot_start_from(tmp_path, capsys
     assert main(["run", "--workdir", str(tmp_path), "--ensemble", "3"]) == 2
     assert "stage 4 starts from one" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any stage ran
+
+
+def test_run_num_frames_is_frames_per_clip_not_the_series_length(tmp_path):
+    from dust.cli import build_parser
+    from dust.commands.run import _stage_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("num_frames: 8\ntrain_fusion:\n  num_frames: 40\n")
+    for flags in ([], ["--num_frames", "12"]):
+        build_parser()  # fresh parsers, as each `dust` command starts with
+        frames = 12 if flags else 8
+        length = {name: _stage_args(name, str(config), flags, tmp_path)[0].num_frames
+                  for name in ("gen-data", "train-video", "train-ts", "train-fusion")}
+        assert length == {"gen-data": frames, "train-video": frames, "train-ts": 51, "train-fusion": 40}

@@ -25,15 +25,28 @@ def run_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "prepared", default=None,
              help="train on the output of `dust prepare` in this folder instead of generating toy data")
     parser.epilog = ("Any other flag is passed to every stage that has it, e.g. --seed 1 or --num_epochs 2. "
-                     "A --config file may hold top-level settings and one section per stage (train_video: ...).")
+                     "A --config file may hold top-level settings and one section per stage (train_video: ...). "
+                     "--num_frames (frames per clip) goes to gen-data and train-video; the series length "
+                     "of train-ts and train-fusion (their --num_frames) is set in their own sections.")
+
+
+SERIES_STAGES = ("train-ts", "train-fusion")
+"""Stages whose ``--num_frames`` is the series length (the seed's name), not frames per clip."""
 
 
 def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path) -> tuple[argparse.Namespace, set[str]]:
-    """The stage's settings: its defaults, then the config file, then the flags; relative paths under workdir."""
+    """The stage's settings: its defaults, then the config file, then the flags; relative paths under workdir.
+
+    ``num_frames`` given to the whole run (a flag or a top-level setting) is frames per clip:
+    the series stages take their length from their own config section only.
+    """
     parser = PARSERS[name]
+    builtin_length = parser.get_default("num_frames")
     if config:
         apply_config(parser, config, name, strict_keys=False)
     args, unknown = parser.parse_known_args(extra)
+    if name in SERIES_STAGES:
+        args.num_frames = config_section(config, name).get("num_frames", builtin_length) if config else builtin_length
     for dest, value in vars(args).items():
         if isinstance(value, str) and (dest.startswith("path_") or dest in PATH_FLAGS) and not Path(value).is_absolute():
             setattr(args, dest, str(workdir / value))
