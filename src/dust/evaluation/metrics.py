@@ -49,7 +49,8 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray, class_nam
     """Metrics of ``predictions`` against ``labels`` (both integer class indices).
 
     Precision / recall / F1 of a class with no predictions / no examples count as 0;
-    macro-F1 averages F1 over every class in ``class_names``.
+    macro-F1 averages F1 over the classes that have examples or predictions, as the
+    training history's macro-F1 (torchmetrics) and scikit-learn's default do.
     """
     k = len(class_names)
     matrix = confusion_matrix(labels, predictions, k)
@@ -61,10 +62,11 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray, class_nam
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     total = matrix.sum()
+    seen = (support > 0) | (predicted > 0)
     return ClassificationReport(
         class_names=list(class_names),
         accuracy=float(tp.sum() / total) if total else float("nan"),
-        macro_f1=float(f1.mean()),
+        macro_f1=float(f1[seen].mean()) if seen.any() else float("nan"),
         precision=precision.tolist(),
         recall=recall.tolist(),
         f1=f1.tolist(),
