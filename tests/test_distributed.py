@@ -72,7 +72,8 @@ def test_killed_run_resumes_to_the_same_history(tmp_path):
                           "--width", "16", "--kine_len", "19", "--format", "npy", "--no_progress"]) == 0
     args = [*TS, "--batch_size", "4", "--num_epochs", "5", "--augment", "--schedule", "cosine",
             "--warmup_epochs", "1"]
-    _dust(tmp_path, "train-ts", *args, "--outpath", "clean/models", "--logpath", "clean/logs")
+    _dust(tmp_path, "train-ts", *args, "--outpath", "clean/models", "--logpath", "clean/logs",
+          "--resume_from", "auto")  # nothing to resume: starts
     clean = _history(tmp_path / "clean" / "logs")
     assert len(clean) == 5
 
@@ -90,7 +91,9 @@ def test_killed_run_resumes_to_the_same_history(tmp_path):
     assert 2 <= len(interrupted) < 5, "the run was not interrupted mid-way; make epochs longer"
     assert not (tmp_path / "killed" / "models" / "final_1d.pth").exists()
 
-    _dust(tmp_path, "train-ts", *args, "--outpath", "killed/models", "--logpath", "killed/logs", "--resume")
+    repeated = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # without --resume
+    assert repeated.returncode == 2 and "holds an interrupted run (resume.ckpt)" in repeated.stderr
+    _dust(tmp_path, "train-ts", *args, "--outpath", "killed/models", "--logpath", "killed/logs", "--resume_from", "auto")
     assert _history(tmp_path / "killed" / "logs") == clean
 
 

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["RESUME_NAME", "RandomState", "ResumeCheckpoint", "resume_checkpoint"]
+__all__ = ["RESUME_AUTO", "RESUME_NAME", "RandomState", "ResumeCheckpoint", "resume_checkpoint"]
 
 RESUME_NAME = "resume"
 """``OUTPATH/resume.ckpt``: written at the end of epochs (atomically), read by ``--resume``."""
+RESUME_AUTO = "auto"
+"""``--resume_from auto``: resume ``OUTPATH/resume.ckpt`` if there is one, else start (requeued jobs)."""
 
 
 class RandomState(L.Callback):

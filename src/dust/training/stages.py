@@ -48,7 +48,7 @@ from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
 from .parallel import available_cores, run_in_processes
-from .resume import RESUME_NAME, RandomState, resume_checkpoint
+from .resume import RESUME_AUTO, RESUME_NAME, RandomState, resume_checkpoint
 from .task import ClassifierTask
 
 __all__ = ["StageResult", "TrainSettings", "extract_features", "train_fusion", "train_ts", "train_video"]
@@ -228,20 +228,33 @@ def _optimizer_steps_per_epoch(settings: TrainSettings, samples: int) -> int:
 
 
 def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
-    """The checkpoint to resume from, if any; refuses to overwrite a finished run without --overwrite."""
-    if settings.resume_from is not None:
+    """The checkpoint to resume from, if any.
+
+    ``--resume_from auto`` resumes the run in ``--outpath`` if there is one and starts
+    otherwise (for requeued cluster jobs). Without ``--resume``, ``--resume_from`` or
+    ``--overwrite``, an ``--outpath`` holding a finished or an interrupted run is refused.
+    """
+    resume = Path(settings.outpath) / f"{RESUME_NAME}.ckpt"
+    auto = settings.resume_from is not None and str(settings.resume_from) == RESUME_AUTO
+    if auto and resume.is_file():
+        return str(resume)
+    if settings.resume_from is not None and not auto:
         if not Path(settings.resume_from).is_file():
             raise InputError(f"{settings.resume_from}: no such checkpoint to resume from")
         return str(settings.resume_from)
-    resume = Path(settings.outpath) / f"{RESUME_NAME}.ckpt"
     if settings.resume:
         if not resume.is_file():
             raise InputError(f"{resume}: nothing to resume (no interrupted run in {settings.outpath})")
         return str(resume)
+    if settings.overwrite:
+        return None
     finished = Path(settings.outpath) / final_name
-    if finished.exists() and not settings.overwrite:
+    if finished.exists():
         raise InputError(f"{settings.outpath}: holds a finished run ({final_name}); "
                          f"give --overwrite to replace it or --resume to continue an interrupted one")
+    if resume.is_file():
+        raise InputError(f"{settings.outpath}: holds an interrupted run ({resume.name}); "
+                         f"give --resume to continue it or --overwrite to start over")
     return None
 
 
@@ -478,15 +491,17 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
     """
     start = time.perf_counter()
     final = Path(settings.outpath) / "final_1d.pth"
-    if settings.resume_from is not None:
-        raise InputError("--resume_from takes one run; resume an ensemble with --resume")
-    if final.exists() and not (settings.overwrite or settings.resume):
+    auto = str(settings.resume_from) == RESUME_AUTO
+    if settings.resume_from is not None and not auto:
+        raise InputError("--resume_from takes one run; resume an ensemble with --resume or --resume_from auto")
+    resuming = settings.resume or auto
+    if final.exists() and not (settings.overwrite or resuming):
         raise InputError(f"{settings.outpath}: holds a finished run (final_1d.pth); give --overwrite to replace it")
     members = [replace(settings, seed=settings.seed + index, outpath=Path(settings.outpath) / f"member{index}",
                        logpath=Path(settings.logpath) / f"member{index}") for index in range(count)]
     models = {i: _checkpoint(m.outpath / "final_1d.pth", "ts", preset).build() for i, m in enumerate(members)
-              if settings.resume and (m.outpath / "final_1d.pth").is_file()}  # finished before
-    todo = {i: replace(m, resume=settings.resume and (m.outpath / f"{RESUME_NAME}.ckpt").is_file())
+              if resuming and (m.outpath / "final_1d.pth").is_file()}  # finished before
+    todo = {i: replace(m, resume=resuming and (m.outpath / f"{RESUME_NAME}.ckpt").is_file(), resume_from=None)
             for i, m in enumerate(members) if i not in models}
     workers = min(workers, len(todo))
     if workers > 1:  # progress bars of several processes would garble each other
