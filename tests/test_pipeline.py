@@ -296,3 +296,31 @@ def test_run_num_frames_is_frames_per_clip_not_the_series_length(tmp_path):
         length = {name: _stage_args(name, str(config), flags, tmp_path)[0].num_frames
                   for name in ("gen-data", "train-video", "train-ts", "train-fusion")}
         assert length == {"gen-data": frames, "train-video": frames, "train-ts": 51, "train-fusion": 40}
+
+
+def test_extract_features_checks_every_input_and_output_before_writing(trained, capsys, tmp_path):
+    ckpt = str(trained / "saved_models" / "step_3d" / "final_3d.pth")
+    channels_last = tmp_path / "last.npy"
+    np.save(channels_last, np.load(trained / "data" / "video_val.npy").transpose(0, 2, 3, 4, 1))
+    cases = [(["--path_video_val", str(channels_last)], "last.npy: clips must be (N, 3, T, H, W)"),
+             (["--path_feature_val", str(tmp_path / "out" / "val.csv")], "val.csv: unknown feature file type '.csv'"),
+             (["--path_feature_val", str(tmp_path)], "is a folder, not a feature file")]
+    for flags, message in cases:
+        argv = ["extract-features", "--checkpoint", ckpt, "--path_video_train", "data/video_train.npy",
+                "--path_video_val", "data/video_val.npy", "--path_feature_train", str(tmp_path / "out" / "train.npy"),
+                "--path_feature_val", str(tmp_path / "out" / "val.npy"), "--no_progress", *flags]
+        assert run_in(trained, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+        assert not (tmp_path / "out" / "train.npy").exists()  # nothing written when any part is bad
+
+
+def test_text_labels_and_unknown_presets_are_one_line_errors(trained, capsys, tmp_path):
+    text = tmp_path / "labels.npy"
+    np.save(text, np.load(trained / "data" / "label_train.npy").astype(str))
+    base = ["train-ts", *TS, *_data_flags("ts"), "--num_epochs", "1", "--outpath", str(tmp_path / "o"),
+            "--logpath", str(tmp_path / "l")]
+    assert run_in(trained, [*base, "--path_label_train", str(text)]) == 2
+    assert "labels.npy: labels must be class indices (numbers)" in capsys.readouterr().err
+    assert run_in(trained, [*base, "--model_preset", "bogus"]) == 2
+    assert "unknown ts preset 'bogus'" in capsys.readouterr().err

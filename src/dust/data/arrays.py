@@ -23,6 +23,7 @@ import numpy.typing as npt
 from numpy.lib.format import MAGIC_PREFIX, open_memmap, write_array
 
 from ..atomic import atomic_output, temp_sibling
+from ..errors import InputError
 
 __all__ = ["ArrayFileError", "ArrayWriter", "load_array", "release_row", "save_array"]
 
@@ -37,8 +38,8 @@ _NPZ_MEMBER = "arr_0.npy"
 _NPZ_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-class ArrayFileError(ValueError):
-    """An array file is missing, malformed, unsafe or of an unsupported kind.
+class ArrayFileError(InputError):
+    """An array file is missing, malformed, unsafe or of an unsupported kind (an :class:`InputError`).
 
     Its message is one line: ``<path>: <problem>``.
     """

@@ -245,9 +245,12 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> list[floa
     return weights.tolist()
 
 
-def check_labels(path: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Labels as int64 ``(N,)`` in ``[0, num_classes)``, or :class:`InputError` naming ``path``."""
+def check_labels(path: str, labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """Labels as int64 ``(N,)`` in ``[0, num_classes)`` (``None``: any non-negative), or :class:`InputError`
+    naming ``path``."""
     labels = np.asarray(labels)
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise InputError(f"{path}: labels must be class indices (numbers), got {labels.dtype} values")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -255,6 +258,8 @@ def check_labels(path: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
     if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
         raise InputError(f"{path}: labels must be whole numbers")
     labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if labels.size and num_classes is None and labels.min() < 0:
+        raise InputError(f"{path}: labels must be non-negative class indices, found {labels.min()}")
+    if labels.size and num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
         raise InputError(f"{path}: labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
     return labels

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ..errors import InputError
+
 __all__ = ["Branch", "get_preset", "list_presets"]
 
 Branch = Literal["video", "ts"]
@@ -26,10 +28,13 @@ def list_presets() -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def get_preset(branch: Branch, name: str) -> dict[str, Any]:
-    """The hyperparameters of preset ``name`` of ``branch`` (``"video"`` or ``"ts"``), a copy."""
+    """The hyperparameters of preset ``name`` of ``branch`` (``"video"`` or ``"ts"``), a copy.
+
+    An unknown branch or name raises :class:`~dust.errors.InputError` (a ``ValueError``).
+    """
     presets = _load()
     if branch not in presets:
-        raise ValueError(f"unknown model branch {branch!r}; expected one of {sorted(presets)}")
+        raise InputError(f"unknown model branch {branch!r}; expected one of {sorted(presets)}")
     if name not in presets[branch]:
-        raise ValueError(f"unknown {branch} preset {name!r}; available: {', '.join(presets[branch])}")
+        raise InputError(f"unknown {branch} preset {name!r}; available: {', '.join(presets[branch])}")
     return copy.deepcopy(presets[branch][name])

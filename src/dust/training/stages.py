@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..data.arrays import ArrayFileError, load_array
+from ..data.arrays import SUFFIXES, ArrayFileError, load_array
 from ..data.datasets import (
     ArrayRows,
     Compose,
@@ -139,9 +139,17 @@ def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
     return array
 
 
+def _read_video(path: str | Path) -> np.ndarray:
+    """Clips ``(N, 3, T, H, W)``, or :class:`InputError` naming ``path``."""
+    video = _read(path, 5, "video")
+    if video.shape[1] != 3:
+        raise InputError(f"{path}: clips must be (N, 3, T, H, W) with 3 colour channels, got shape {video.shape}")
+    return video
+
+
 def _read_labels(path: str | Path) -> np.ndarray:
     try:
-        return check_labels(str(path), load_array(path, mmap=False), num_classes=2**62)
+        return check_labels(str(path), load_array(path, mmap=False), num_classes=None)
     except ArrayFileError as err:
         raise InputError(str(err)) from None
 
@@ -328,8 +336,8 @@ def train_video(
 ) -> StageResult:
     """Stage 1: train a :class:`VideoSwin` classifier on ``(N, C, T, H, W)`` clips."""
     _prepare(settings)
-    video_train = _read(path_video_train, 5, "video")
-    video_val = _read(path_video_val, 5, "video")
+    video_train = _read_video(path_video_train)
+    video_val = _read_video(path_video_val)
     labels_train = _read_labels(path_label_train)
     labels_val = _read_labels(path_label_val)
     settings = _resolve_classes(settings, [path_label_train, path_label_val], [labels_train, labels_val])
@@ -583,8 +591,15 @@ def extract_features(
     transform = VideoTransform(**ckpt.meta.get("video_transform", {}))
     trainer_kwargs = {"accelerator": accelerator, "devices": _devices(devices), "num_nodes": num_nodes,
                       "strategy": strategy, "precision": precision, "enable_progress_bar": progress}
-    for source, target in zip(inputs, outputs, strict=True):
-        video = _read(source, 5, "video")
+    videos = [_read_video(source) for source in inputs]  # every input and output checked before any is written
+    for target in map(Path, outputs):
+        if target.is_dir():
+            raise InputError(f"{target}: is a folder, not a feature file")
+        if target.suffix.lower() not in SUFFIXES:
+            raise InputError(f"{target}: unknown feature file type {target.suffix or '(none)'!r} "
+                             f"(expected one of {', '.join(SUFFIXES)})")
+        _check_writable(target.parent)
+    for source, target, video in zip(inputs, outputs, videos, strict=True):
         write_features(model, transform, video, Path(target),
                        {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source)},
                        batch_size=batch_size, num_workers=num_workers, trainer_kwargs=trainer_kwargs)
