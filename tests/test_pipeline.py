@@ -324,3 +324,15 @@ def test_text_labels_and_unknown_presets_are_one_line_errors(trained, capsys, tm
     assert "labels.npy: labels must be class indices (numbers)" in capsys.readouterr().err
     assert run_in(trained, [*base, "--model_preset", "bogus"]) == 2
     assert "unknown ts preset 'bogus'" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_corrupt_run_record(tmp_path):
+    from dust.errors import InputError
+    from dust.evaluation.evaluate import split_files
+
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(InputError, match="run.json: not a JSON file"):
+        split_files(tmp_path, "val")
+    (tmp_path / "run.json").write_text("[]")
+    with pytest.raises(InputError, match="run.json: not a run record"):
+        split_files(tmp_path, "val")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..atomic import write_json
 from ..checkpoint import load_checkpoint
-from ..data.arrays import ArrayFileError, load_array
+from ..data.arrays import load_array
 from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_labels
 from ..errors import InputError
 from .metrics import ClassificationReport, classification_report
@@ -31,7 +31,13 @@ def split_files(run_dir: Path, split: str) -> dict[str, Path]:
     """
     record = run_dir / "run.json"
     if record.is_file():
-        files = json.loads(record.read_text()).get("data", {}).get(split)
+        try:
+            content = json.loads(record.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError(f"{record}: not a JSON file") from None
+        if not isinstance(content, dict) or not isinstance(content.get("data", {}), dict):
+            raise InputError(f"{record}: not a run record (expected a mapping with a 'data' mapping)")
+        files = content.get("data", {}).get(split)
         if not files:
             raise InputError(f"{record}: the run has no {split} split")
         return {k: Path(v) for k, v in files.items()}
@@ -40,13 +46,6 @@ def split_files(run_dir: Path, split: str) -> dict[str, Path]:
         if all(p.is_file() for p in files.values()):
             return files
     raise InputError(f"{run_dir}: no run.json and no data/{{video,kine,label}}_{split} files")
-
-
-def _load(path: Path) -> np.ndarray:
-    try:
-        return load_array(path)
-    except ArrayFileError as err:
-        raise InputError(str(err)) from None
 
 
 @torch.inference_mode()
@@ -72,9 +71,9 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
         except Exception as err:
             raise InputError(str(err)) from None
     files = split_files(run_dir, split)
-    video, kine = _load(files["video"]), _load(files["kine"])
+    video, kine = load_array(files["video"]), load_array(files["kine"])
     class_names = ckpts["fusion"].meta.get("class_names") or [str(i) for i in range(ckpts["fusion"].config["num_classes"])]
-    raw_labels = np.asarray(_load(files["label"]))
+    raw_labels = np.asarray(load_array(files["label"]))
     if not len(video) == len(kine) == len(raw_labels):
         raise InputError(f"{split} split: {len(video)} clips, {len(kine)} series and {len(raw_labels)} labels")
     labelled = raw_labels >= 0  # dust prepare marks unlabelled clips -1

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..data.arrays import SUFFIXES, ArrayFileError, load_array
+from ..data.arrays import SUFFIXES, load_array
 from ..data.datasets import (
     ArrayRows,
     Compose,
@@ -130,10 +130,7 @@ def _quiet_lightning() -> None:
 
 
 def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
-    try:
-        array = load_array(path)
-    except ArrayFileError as err:
-        raise InputError(str(err)) from None
+    array = load_array(path)  # ArrayFileError is an InputError
     if array.ndim != ndim:
         raise InputError(f"{path}: {what} must be a {ndim}-D array, got shape {array.shape}")
     return array
@@ -148,10 +145,7 @@ def _read_video(path: str | Path) -> np.ndarray:
 
 
 def _read_labels(path: str | Path) -> np.ndarray:
-    try:
-        return check_labels(str(path), load_array(path, mmap=False), num_classes=None)
-    except ArrayFileError as err:
-        raise InputError(str(err)) from None
+    return check_labels(str(path), load_array(path, mmap=False), num_classes=None)
 
 
 def _ingest_settings(data_path: Path) -> dict[str, Any] | None:
