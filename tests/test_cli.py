@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
 import yaml
 
 from dust.cli import main
@@ -53,3 +57,14 @@ def test_unwritable_output_folder_is_one_clear_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot write there" in err and str(blocker / "models") in err
+
+
+def test_an_output_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path, capsys):
+    from dust.atomic import write_text
+    from dust.errors import InputError
+
+    (tmp_path / "afile").write_text("")
+    for target in (tmp_path, tmp_path / "afile" / "out.csv", Path("/proc/out.csv")):
+        with pytest.raises(InputError, match=f"^{re.escape(str(target))}: cannot write there"):
+            write_text(target, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temporary file left behind

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import InputError
 
 __all__ = ["atomic_output", "temp_sibling", "write_json", "write_text"]
 
@@ -17,20 +20,36 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{tag}")
 
 
+# A place that cannot hold the file: the user's path, not the machine, is at fault.
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST}
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, else delete it.
 
-    The parent folder is created when missing.
+    The parent folder is created when missing. A place the file cannot go (a folder in the
+    way, no permission, a read-only file system) raises :class:`~dust.errors.InputError`
+    naming ``path``, not the temporary name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_sibling(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield temp
         os.replace(temp, path)
+    except OSError as err:
+        if err.errno in _PATH_ERRNOS and err.filename is not None and _about(Path(err.filename), path, temp):
+            raise InputError(f"{path}: cannot write there ({err.strerror})") from None
+        raise
     finally:
-        temp.unlink(missing_ok=True)
+        with suppress(NotADirectoryError):  # the parent is a file: there was never a temporary file
+            temp.unlink(missing_ok=True)
+
+
+def _about(failed: Path, path: Path, temp: Path) -> bool:
+    """Whether an error on ``failed`` concerns writing ``path`` (through ``temp`` or a parent folder)."""
+    return failed in (path, temp) or failed in path.parents
 
 
 def write_text(path: str | Path, text: str) -> None:
