@@ -68,3 +68,27 @@ def test_an_output_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path
         with pytest.raises(InputError, match=f"^{re.escape(str(target))}: cannot write there"):
             write_text(target, "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("batch_size: [1, 2]", "batch_size must be a single value"),
+    ("batch_size: 2.5", "batch_size: expected int, got 2.5"),
+    ("no_progress: 'no'", "no_progress is a switch: true or false"),
+    ("lr: fast", "lr: expected float, got 'fast'"),
+])
+def test_config_values_are_checked_like_flags(tmp_path, capsys, setting, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(setting + "\n")
+    assert main(["train-ts", "--config", str(config)]) == 2
+    assert f"bad.yaml: {message}" in capsys.readouterr().err
+
+
+def test_config_numbers_in_yaml_1_1_spellings_are_read(tmp_path):
+    from dust.cli import PARSERS, apply_config, build_parser
+
+    build_parser()
+    config = tmp_path / "ok.yaml"
+    config.write_text("lr: 1e-5\nbatch_size: 4\nno_progress: true\n")  # PyYAML reads 1e-5 as a string
+    apply_config(PARSERS["train-ts"], str(config), "train-ts", strict_keys=True)
+    args = PARSERS["train-ts"].parse_args([])
+    assert (args.lr, args.batch_size, args.no_progress) == (1e-5, 4, True)

@@ -86,7 +86,32 @@ def apply_config(parser: argparse.ArgumentParser, path: str, command: str, stric
     unknown = sorted(set(settings) - known)
     if unknown and strict_keys:
         raise InputError(f"{path}: unknown setting(s) for `dust {command}`: {', '.join(unknown)}")
-    parser.set_defaults(**{k: v for k, v in settings.items() if k in known})
+    actions = {a.dest: a for a in parser._actions}
+    parser.set_defaults(**{k: _config_value(path, actions[k], v) for k, v in settings.items() if k in known})
+
+
+def _config_value(path: str, action: argparse.Action, value: Any) -> Any:
+    """A config file's value checked and converted as the flag's command-line value would be."""
+    where = f"{path}: {action.dest}"
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise InputError(f"{where} must be a single value, got {value!r}")
+    if action.nargs == 0:  # an on/off switch
+        if not isinstance(value, bool):
+            raise InputError(f"{where} is a switch: true or false, got {value!r}")
+        return value
+    if action.type is not None:
+        if isinstance(value, bool) or (action.type is int and isinstance(value, float)):
+            raise InputError(f"{where}: expected {action.type.__name__}, got {value!r}")
+        try:
+            value = action.type(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise InputError(f"{where}: expected {getattr(action.type, '__name__', 'a valid value')}, "
+                             f"got {value!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
