@@ -336,3 +336,12 @@ def test_evaluate_refuses_a_corrupt_run_record(tmp_path):
     (tmp_path / "run.json").write_text("[]")
     with pytest.raises(InputError, match="run.json: not a run record"):
         split_files(tmp_path, "val")
+
+
+def test_an_empty_split_is_refused(trained, capsys, tmp_path):
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 3, 19), np.float32))
+    assert run_in(trained, ["train-ts", *TS, *_data_flags("ts"), "--path_kine_val", str(empty), "--num_epochs", "1",
+                            "--outpath", str(tmp_path / "o"), "--logpath", str(tmp_path / "l")]) == 2
+    assert "empty.npy: no kinematics rows (an empty split)" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "final_1d.pth").exists()

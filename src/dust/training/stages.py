@@ -133,6 +133,8 @@ def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
     array = load_array(path)  # ArrayFileError is an InputError
     if array.ndim != ndim:
         raise InputError(f"{path}: {what} must be a {ndim}-D array, got shape {array.shape}")
+    if len(array) == 0:
+        raise InputError(f"{path}: no {what} rows (an empty split)")
     return array
 
 
