@@ -104,3 +104,16 @@ def test_full_suite_compares_the_video_model_at_train_videos_default_batch():
         assert all(0 <= i < len(config.video) for i in config.compared)
     compared = [SuiteConfig.full_config().video[i] for i in SuiteConfig.full_config().compared]
     assert ("paper", (16, 64, 64), default_batch) in compared
+
+
+def test_bench_checks_its_output_paths_before_measuring(tmp_path, capsys):
+    from dust.cli import main
+
+    (tmp_path / "afile").write_text("")
+    cases = [(["--workdir", str(tmp_path / "missing")], "--workdir is not an existing folder"),
+             (["--json", str(tmp_path)], "--json is a folder"),
+             (["--json", str(tmp_path / "afile" / "b.json")], "--json cannot be written there")]
+    for flags, message in cases:
+        assert main(["bench", "--quick", *flags]) == 2  # at once: a run would take minutes
+        err = capsys.readouterr()
+        assert message in err.err and "..." not in err.err  # no benchmark started

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,19 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "workdir", default=None, help="folder for temporary data files (default: the system's)")
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """``--workdir`` must be a folder; ``--json`` must be creatable (its folder exists or can be made)."""
+    if args.workdir is not None and not Path(args.workdir).is_dir():
+        raise InputError(f"{args.workdir}: --workdir is not an existing folder")
+    if args.json is not None:
+        target = Path(args.json)
+        if target.is_dir():
+            raise InputError(f"{target}: --json is a folder, not a file")
+        folder = next((p for p in target.absolute().parents if p.exists()), None)
+        if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InputError(f"{target}: --json cannot be written there")
+
+
 @register("bench", "Benchmark suite: throughput, FLOP rate vs. the matmul peak and the models' own ceiling, "
                   "loader rate, stage-1 memory")(_bench_args)
 def bench(args: argparse.Namespace) -> dict:
@@ -34,6 +49,7 @@ def bench(args: argparse.Namespace) -> dict:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    _check_paths(args)  # before minutes of measuring, not after
     config = SuiteConfig.quick_config(args.compile) if args.quick else SuiteConfig.full_config(args.compile)
     result = run_suite(config, progress=lambda message: print(f"... {message}", file=sys.stderr, flush=True),
                        workdir=args.workdir)
