@@ -46,7 +46,8 @@ def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path) 
         apply_config(parser, config, name, strict_keys=False)
     args, unknown = parser.parse_known_args(extra)
     if name in SERIES_STAGES:
-        args.num_frames = config_section(config, name).get("num_frames", builtin_length) if config else builtin_length
+        in_section = config is not None and "num_frames" in config_section(config, name)
+        args.num_frames = parser.get_default("num_frames") if in_section else builtin_length  # the checked value
     for dest, value in vars(args).items():
         if isinstance(value, str) and (dest.startswith("path_") or dest in PATH_FLAGS) and not Path(value).is_absolute():
             setattr(args, dest, str(workdir / value))
