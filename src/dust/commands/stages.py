@@ -52,8 +52,9 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(group, "accumulate_grad_batches", type=int, default=1, help="batches per optimizer step")
     add_flag(group, "deterministic", action="store_true", help="PyTorch's deterministic algorithms (GPU runs)")
     add_flag(group, "resume", action="store_true", help="continue the interrupted run in --outpath")
-    add_flag(group, "resume_from", default=None, help="continue from this Lightning checkpoint (.ckpt); 'auto': continue the run in "
-                  "--outpath if there is one, else start (for requeued cluster jobs)")
+    add_flag(group, "resume_from", default=None,
+             help="continue from this Lightning checkpoint (.ckpt); 'auto': continue the run in --outpath "
+                  "if there is one, else start (for requeued cluster jobs)")
     add_flag(group, "resume_interval", type=float, default=0.0,
              help="write OUTPATH/resume.ckpt at an epoch's end only when this many seconds passed since the "
                   "last write (default: %(default)s, every epoch; raise it for many short epochs)")

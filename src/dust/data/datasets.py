@@ -258,8 +258,7 @@ def check_labels(path: str, labels: np.ndarray, num_classes: int | None) -> np.n
     if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
         raise InputError(f"{path}: labels must be whole numbers")
     labels = labels.astype(np.int64)
-    if labels.size and num_classes is None and labels.min() < 0:
-        raise InputError(f"{path}: labels must be non-negative class indices, found {labels.min()}")
-    if labels.size and num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"{path}: labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+    if labels.size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+        bound = "be non-negative class indices" if num_classes is None else f"lie in [0, {num_classes})"
+        raise InputError(f"{path}: labels must {bound}, found {labels.min()}..{labels.max()}")
     return labels

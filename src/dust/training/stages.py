@@ -231,6 +231,11 @@ def _optimizer_steps_per_epoch(settings: TrainSettings, samples: int) -> int:
     return max(1, -(-batches // settings.accumulate_grad_batches))
 
 
+def _resumes_if_any(settings: TrainSettings) -> bool:
+    """``--resume_from auto``: resume the run in ``--outpath`` if there is one, else start."""
+    return settings.resume_from is not None and str(settings.resume_from) == RESUME_AUTO
+
+
 def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     """The checkpoint to resume from, if any.
 
@@ -239,7 +244,7 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     ``--overwrite``, an ``--outpath`` holding a finished or an interrupted run is refused.
     """
     resume = Path(settings.outpath) / f"{RESUME_NAME}.ckpt"
-    auto = settings.resume_from is not None and str(settings.resume_from) == RESUME_AUTO
+    auto = _resumes_if_any(settings)
     if auto and resume.is_file():
         return str(resume)
     if settings.resume_from is not None and not auto:
@@ -495,7 +500,7 @@ def _fit_ensemble(count: int, build: Callable[[], TimeSeriesSwin], train: ArrayR
     """
     start = time.perf_counter()
     final = Path(settings.outpath) / "final_1d.pth"
-    auto = str(settings.resume_from) == RESUME_AUTO
+    auto = _resumes_if_any(settings)
     if settings.resume_from is not None and not auto:
         raise InputError("--resume_from takes one run; resume an ensemble with --resume or --resume_from auto")
     resuming = settings.resume or auto
