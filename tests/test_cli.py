@@ -92,3 +92,69 @@ def test_config_numbers_in_yaml_1_1_spellings_are_read(tmp_path):
     apply_config(PARSERS["train-ts"], str(config), "train-ts", strict_keys=True)
     args = PARSERS["train-ts"].parse_args([])
     assert (args.lr, args.batch_size, args.no_progress) == (1e-5, 4, True)
+
+
+def _tiny_series(tmp_path: Path) -> list[str]:
+    from dust.data.toy import generate_toy_data
+
+    generate_toy_data(tmp_path / "data", n_train=4, n_val=2, num_frames=1, height=16, width=16, kine_len=9,
+                      fmt="npy", progress=False)
+    return [
+        "--path_kine_train", str(tmp_path / "data" / "kine_train.npy"),
+        "--path_kine_val", str(tmp_path / "data" / "kine_val.npy"),
+        "--path_label_train", str(tmp_path / "data" / "label_train.npy"),
+        "--path_label_val", str(tmp_path / "data" / "label_val.npy"),
+        "--model_preset", "nano", "--num_frames", "9", "--no_progress", "--overwrite",
+        "--outpath", str(tmp_path / "models"), "--logpath", str(tmp_path / "logs")]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--precision", "foo"], "--precision foo: Precision 'foo' is invalid"),
+    (["--devices", "0"], "--devices 0 "),
+    (["--strategy", "nope"], "--strategy nope "),
+    (["--accelerator", "gpu"], "--accelerator gpu "),
+    (["--accumulate_grad_batches", "0"], "--accumulate_grad_batches must be at least 1, got 0"),
+    (["--num_nodes", "0"], "--num_nodes must be at least 1, got 0"),
+    (["--label_smoothing", "2"], "--label_smoothing must be between 0 and 1, got 2.0"),
+    (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
+    (["--weight_decay", "-0.1"], "--weight_decay must not be negative, got -0.1"),
+    (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+])
+def test_training_flags_lightning_or_torch_would_refuse_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert main(["train-ts", *_tiny_series(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dust: error: ") and err.count("\n") == 0 and message in err
+    assert not (tmp_path / "models" / "final_1d.pth").exists()
+
+
+def test_fewer_epochs_than_print_every_still_validate_the_last(tmp_path, capsys):
+    assert main(["train-ts", *_tiny_series(tmp_path), "--num_epochs", "2", "--print_every", "3"]) == 0
+    history = (tmp_path / "logs" / "step_1d_history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["2"]
+    assert "lowest validation loss nan" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("what, flag, value, message", [
+    ("kine", "--path_kine_train", float("inf"), "kinematics row 1 holds infinite values"),
+    ("video", "--path_video_val", float("nan"), "video row 1 holds NaN values"),
+])
+def test_non_finite_inputs_are_refused_naming_file_and_row(tmp_path, capsys, what, flag, value, message):
+    import numpy as np
+
+    from dust.data.toy import generate_toy_data
+
+    data = tmp_path / "data"
+    generate_toy_data(data, n_train=3, n_val=2, num_frames=2, height=16, width=16, kine_len=9, fmt="npy",
+                      progress=False)
+    split = "train" if flag.endswith("train") else "val"
+    array = np.load(data / f"{what}_{split}.npy").astype(np.float32)
+    array[1].flat[5] = value
+    bad = tmp_path / "bad.npy"
+    np.save(bad, array)
+    args = {"kine": ["train-ts", "--path_kine_val", str(data / "kine_val.npy"), "--num_frames", "9"],
+            "video": ["train-video", "--path_video_train", str(data / "video_train.npy")]}[what]
+    code = main([*args, flag, str(bad), "--path_label_train", str(data / "label_train.npy"),
+                 "--path_label_val", str(data / "label_val.npy"), "--model_preset", "nano", "--no_progress",
+                 "--outpath", str(tmp_path / "models"), "--logpath", str(tmp_path / "logs")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"dust: error: {bad}: {message}"

@@ -15,6 +15,7 @@ from ..data.arrays import save_array
 from ..data.datasets import ArrayRows, VideoTransform
 from ..models import VideoSwin
 from .datamodule import StridedSampler
+from .trainer import build_trainer
 
 __all__ = ["FeatureExtractor", "feature_sidecar", "write_features"]
 
@@ -80,7 +81,7 @@ def write_features(
     kwargs = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
               "enable_model_summary": False, "enable_progress_bar": True, "use_distributed_sampler": False,
               **(trainer_kwargs or {})}
-    trainer = L.Trainer(**kwargs)
+    trainer = build_trainer(**kwargs)
     dataset = ArrayRows([video, np.arange(len(video))], [transform, _index])
     module = FeatureExtractor(model)
     world, rank = trainer.world_size, trainer.global_rank

@@ -50,6 +50,7 @@ from .recorder import StageRecorder
 from .parallel import available_cores, run_in_processes
 from .resume import RESUME_AUTO, RESUME_NAME, RandomState, resume_checkpoint
 from .task import ClassifierTask
+from .trainer import build_trainer
 
 __all__ = ["StageResult", "TrainSettings", "extract_features", "train_fusion", "train_ts", "train_video"]
 
@@ -129,13 +130,29 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def _read(path: str | Path, ndim: int, what: str) -> np.ndarray:
+def _read(path: str | Path, ndim: int, what: str, *, nan_allowed: bool = False) -> np.ndarray:
+    """A ``ndim``-D array of at least one row and, if floating point, finite (NaN too if ``nan_allowed``)."""
     array = load_array(path)  # ArrayFileError is an InputError
     if array.ndim != ndim:
         raise InputError(f"{path}: {what} must be a {ndim}-D array, got shape {array.shape}")
     if len(array) == 0:
         raise InputError(f"{path}: no {what} rows (an empty split)")
+    _check_finite(path, array, what, nan_allowed)
     return array
+
+
+def _check_finite(path: str | Path, array: np.ndarray, what: str, nan_allowed: bool) -> None:
+    """Refuse infinities (and NaN unless ``nan_allowed``) in a floating-point array, a block of rows at a time."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    rows = max(1, (64 << 20) // max(1, array[0].nbytes))  # about 64 MiB read at once, whatever the file's size
+    for start in range(0, len(array), rows):
+        block = np.asarray(array[start:start + rows]).reshape(min(rows, len(array) - start), -1)
+        bad = np.isinf(block) if nan_allowed else ~np.isfinite(block)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            kind = "NaN" if np.isnan(block[row]).any() and not nan_allowed else "infinite"
+            raise InputError(f"{path}: {what} row {start + row} holds {kind} values")
 
 
 def _read_video(path: str | Path) -> np.ndarray:
@@ -183,11 +200,18 @@ def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], label
 
 def _prepare(settings: TrainSettings) -> None:
     """Check the shared settings and seed every generator (before any model is built)."""
-    for name in ("batch_size", "num_epochs", "print_every", "num_classes"):
+    for name in ("batch_size", "num_epochs", "print_every", "num_classes", "num_nodes", "accumulate_grad_batches"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
+    for name in ("num_workers", "weight_decay", "warmup_epochs", "resume_interval"):
+        if getattr(settings, name) < 0:
+            raise InputError(f"--{name} must not be negative, got {getattr(settings, name)}")
     if settings.lr <= 0:
         raise InputError(f"--lr must be positive, got {settings.lr}")
+    if not 0 <= settings.label_smoothing <= 1:
+        raise InputError(f"--label_smoothing must be between 0 and 1, got {settings.label_smoothing}")
+    if not 0 <= settings.seed < 2**32:
+        raise InputError(f"--seed must be between 0 and {2**32 - 1}, got {settings.seed}")
     if settings.schedule not in ("constant", "cosine"):
         raise InputError(f"--schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
     _quiet_lightning()
@@ -292,9 +316,12 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
                              {**meta, "num_classes": settings.num_classes, "class_names": settings.class_names,
                               "stage": name})
-    trainer = L.Trainer(
+    if settings.print_every > settings.num_epochs:
+        log.warning("--print_every %d is more than --num_epochs %d: validating after the last epoch instead",
+                    settings.print_every, settings.num_epochs)
+    trainer = build_trainer(
         max_epochs=settings.num_epochs,
-        check_val_every_n_epoch=settings.print_every,
+        check_val_every_n_epoch=min(settings.print_every, settings.num_epochs),
         accelerator=settings.accelerator,
         devices=_devices(settings.devices),
         num_nodes=settings.num_nodes,
@@ -366,7 +393,7 @@ def train_video(
 def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequence[Path], num_channels: int | None
                  ) -> tuple[list[np.ndarray], list[np.ndarray], TrainSettings]:
     """Training and validation series with their labels, checked; and the settings with classes settled."""
-    arrays = [_read(p, 3, "kinematics") for p in paths]
+    arrays = [_read(p, 3, "kinematics", nan_allowed=True) for p in paths]  # NaN pads unequal lengths
     label_arrays = [_read_labels(p) for p in labels]
     for path, array, lpath, larray in zip(paths, arrays, labels, label_arrays):
         check_rows({str(path): array, str(lpath): larray})
@@ -586,6 +613,10 @@ def extract_features(
     naming the checkpoint and preset it came from. With several devices each process
     extracts every n-th clip and rank 0 writes the rows back in input order.
     """
+    if batch_size < 1:
+        raise InputError(f"--batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InputError(f"--num_workers must not be negative, got {num_workers}")
     _quiet_lightning()
     ckpt = _checkpoint(Path(checkpoint), "video", model_preset)
     model: VideoSwin = ckpt.build()  # type: ignore[assignment]
