@@ -158,3 +158,29 @@ def test_non_finite_inputs_are_refused_naming_file_and_row(tmp_path, capsys, wha
                  "--outpath", str(tmp_path / "models"), "--logpath", str(tmp_path / "logs")])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"dust: error: {bad}: {message}"
+
+
+def test_resume_from_a_file_that_cannot_resume_this_stage_is_a_one_line_error(tmp_path, capsys):
+    args = _tiny_series(tmp_path)
+    assert main(["train-ts", *args, "--num_epochs", "1"]) == 0
+    other = tmp_path / "other"  # the same stage with another preset: shapes differ
+    assert main(["train-ts", *args[:-4], "--outpath", str(other), "--logpath", str(tmp_path / "logs2"),
+                 "--model_preset", "small", "--num_epochs", "1"]) == 0
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    capsys.readouterr()
+    for given, message in [(tmp_path / "models" / "final_1d.pth", "not a checkpoint to resume from (resume needs"),
+                           (tmp_path / "text.ckpt", "not a checkpoint to resume from (UnpicklingError)"),
+                           (other / "resume.ckpt", "a checkpoint of another model")]:
+        assert main(["train-ts", *args, "--resume_from", str(given)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dust: error: {given}: {message}") and err.count("\n") == 0, err
+
+
+@pytest.mark.parametrize("command", [["gen-data", "--outdir"], ["prepare", "manifest.csv", "--out"]])
+def test_an_output_folder_under_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "manifest.csv").write_text("video,kinematics,label\n")
+    target = tmp_path / "afile" / "out"
+    argv = [part if part != "manifest.csv" else str(tmp_path / part) for part in command]
+    assert main([*argv, str(target), "--no_progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"dust: error: {target}: cannot write there (Not a directory)"

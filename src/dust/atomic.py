@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
-__all__ = ["atomic_output", "temp_sibling", "write_json", "write_text"]
+__all__ = ["atomic_output", "ensure_writable_folder", "temp_sibling", "write_json", "write_text"]
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -22,6 +22,31 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
 
 # A place that cannot hold the file: the user's path, not the machine, is at fault.
 _PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST}
+
+
+def ensure_writable_folder(folder: str | Path, *, create: bool = True) -> None:
+    """Check, before any work that writes there, that files can be written in ``folder``.
+
+    With ``create`` the folder is made if missing and a file written and removed in it;
+    without, nothing is made: the nearest existing parent must be a folder this process may
+    write in. A place that cannot hold files (a file in the way, no permission, a read-only
+    file system) raises :class:`~dust.errors.InputError` naming ``folder``.
+    """
+    folder = Path(folder)
+    if not create:
+        existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise InputError(f"{folder}: cannot write there ({os.strerror(errno.ENOTDIR)})")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"{folder}: cannot write there ({os.strerror(errno.EACCES)})")
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_sibling(folder / "write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{folder}: cannot write there ({err.strerror})") from None
 
 
 @contextmanager

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from ..atomic import ensure_writable_folder
 from ..cli import add_flag, register
 from ..errors import InputError
 
@@ -35,9 +35,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         target = Path(args.json)
         if target.is_dir():
             raise InputError(f"{target}: --json is a folder, not a file")
-        folder = next((p for p in target.absolute().parents if p.exists()), None)
-        if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise InputError(f"{target}: --json cannot be written there")
+        ensure_writable_folder(target.parent, create=False)
 
 
 @register("bench", "Benchmark suite: throughput, FLOP rate vs. the matmul peak and the models' own ceiling, "

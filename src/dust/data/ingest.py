@@ -60,7 +60,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import temp_sibling, write_json, write_text
+from ..atomic import ensure_writable_folder, temp_sibling, write_json, write_text
 from ..errors import InputError
 from .arrays import ArrayWriter, save_array
 from .kinematics_io import KinematicsError, load_table, read_kinematics, resample
@@ -470,6 +470,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise InputError(f"{out}: folder exists and is not empty (--overwrite replaces it)")
         if not (out / "prepare.json").is_file():
             raise InputError(f"{out}: refusing to replace a folder that `dust prepare` did not write (no prepare.json)")
+    ensure_writable_folder(out, create=False)  # a failed run must leave no folder behind
 
 
 def _majority_channels(checked: list[_Checked]) -> tuple[str, ...]:

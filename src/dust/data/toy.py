@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import write_json
+from ..atomic import ensure_writable_folder, write_json
 from .arrays import ArrayWriter, save_array
 
 __all__ = ["generate_toy_data", "make_kinematics", "render_video"]
@@ -473,6 +473,7 @@ def generate_toy_data(
     _validate(kind, fmt, num_classes, difficulty, sizes)
     spec = _Spec(kind, num_frames, height, width, kine_len, num_channels, num_classes, float(difficulty))
     out = Path(out_dir)
+    ensure_writable_folder(out)  # before minutes of generating, not after
     split_seeds = np.random.SeedSequence(seed).spawn(len(SPLITS))
     written: dict[str, Path] = {}
     for split, n, split_seed in zip(SPLITS, (n_train, n_val), split_seeds):

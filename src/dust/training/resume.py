@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["RESUME_AUTO", "RESUME_NAME", "RandomState", "ResumeCheckpoint", "resume_checkpoint"]
+from ..errors import InputError
+
+__all__ = ["RESUME_AUTO", "RESUME_NAME", "RandomState", "ResumeCheckpoint", "check_resumable", "resume_checkpoint"]
 
 RESUME_NAME = "resume"
 """``OUTPATH/resume.ckpt``: written at the end of epochs (atomically), read by ``--resume``."""
@@ -77,3 +79,24 @@ class ResumeCheckpoint(ModelCheckpoint):
 def resume_checkpoint(outpath: Path, min_interval: float = 0.0) -> ModelCheckpoint:
     """The callback that writes ``OUTPATH/resume.ckpt``: every epoch, or at most every ``min_interval`` s."""
     return ResumeCheckpoint(outpath, min_interval)
+
+
+def check_resumable(path: str | Path, module: torch.nn.Module) -> None:
+    """Refuse, as :class:`InputError` naming ``path``, a file that is not a Lightning checkpoint of
+    ``module``'s architecture (another stage's, another preset's, or not a checkpoint at all)."""
+    try:
+        try:  # memory-mapped: the tensors are not read, only their shapes
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # a file from torch.save's legacy format cannot be mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  (any unreadable file is the user's input)
+        raise InputError(f"{path}: not a checkpoint to resume from ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "pytorch-lightning_version" not in ckpt or "state_dict" not in ckpt:
+        raise InputError(f"{path}: not a checkpoint to resume from (resume needs the {RESUME_NAME}.ckpt a "
+                         f"training stage writes in its --outpath, not a .pth of weights)")
+    saved = ckpt["state_dict"]
+    for name, tensor in module.state_dict().items():
+        if name not in saved or tuple(saved[name].shape) != tuple(tensor.shape):
+            there = "missing" if name not in saved else f"shaped {tuple(saved[name].shape)}"
+            raise InputError(f"{path}: a checkpoint of another model ({name} is {there} there, "
+                             f"{tuple(tensor.shape)} here: another stage or --model_preset?)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..atomic import ensure_writable_folder
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data.arrays import SUFFIXES, load_array
 from ..data.datasets import (
@@ -48,7 +48,7 @@ from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
 from .recorder import StageRecorder
 from .parallel import available_cores, run_in_processes
-from .resume import RESUME_AUTO, RESUME_NAME, RandomState, resume_checkpoint
+from .resume import RESUME_AUTO, RESUME_NAME, RandomState, check_resumable, resume_checkpoint
 from .task import ClassifierTask
 from .trainer import build_trainer
 
@@ -291,16 +291,6 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     return None
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".dust-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"{folder}: cannot write there ({err.strerror})") from None
-
-
 def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
          settings: TrainSettings, preset: str | None, meta: dict[str, Any],
          callbacks: Sequence[L.Callback] = ()) -> StageResult:
@@ -308,11 +298,13 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     start = time.perf_counter()
     resume_from = _resume_path(settings, final_name)
     for folder in (settings.outpath, settings.logpath):
-        _check_writable(Path(folder))
+        ensure_writable_folder(Path(folder))
     if settings.compile:
         model.compile(dynamic=False)
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
                           _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
+    if resume_from is not None:
+        check_resumable(resume_from, task)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
                              {**meta, "num_classes": settings.num_classes, "class_names": settings.class_names,
                               "stage": name})
@@ -630,7 +622,7 @@ def extract_features(
         if target.suffix.lower() not in SUFFIXES:
             raise InputError(f"{target}: unknown feature file type {target.suffix or '(none)'!r} "
                              f"(expected one of {', '.join(SUFFIXES)})")
-        _check_writable(target.parent)
+        ensure_writable_folder(target.parent)
     for source, target, video in zip(inputs, outputs, videos, strict=True):
         write_features(model, transform, video, Path(target),
                        {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source)},
