@@ -345,3 +345,33 @@ def test_an_empty_split_is_refused(trained, capsys, tmp_path):
                             "--outpath", str(tmp_path / "o"), "--logpath", str(tmp_path / "l")]) == 2
     assert "empty.npy: no kinematics rows (an empty split)" in capsys.readouterr().err
     assert not (tmp_path / "o" / "final_1d.pth").exists()
+
+
+def test_predictor_refuses_a_video_model_other_than_the_fused_models_features(trained, tmp_path):
+    from dust import Predictor
+    from dust.checkpoint import save_checkpoint
+    from dust.errors import InputError
+
+    video = trained / "saved_models" / "step_3d"
+    fusion = trained / "saved_models" / "step_fusion" / "final_fusion.pth"
+    assert load_checkpoint(fusion).meta["video_fingerprint"] == load_checkpoint(video / "final_3d.pth").fingerprint
+    Predictor.from_checkpoints(video / "final_3d.pth", fusion)  # the pair of one run
+    other = load_checkpoint(video / "final_3d.pth")
+    model = other.build()
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # any change to the weights is another model
+    save_checkpoint(tmp_path / "other.pth", model, preset=other.preset,
+                    **{k: v for k, v in other.meta.items() if k != "path"})
+    with pytest.raises(InputError, match="learned from the features of another video model than .*other.pth"):
+        Predictor.from_checkpoints(tmp_path / "other.pth", fusion)
+
+
+def test_fusion_refuses_features_of_two_video_models(trained, tmp_path, capsys):
+    sidecar = json.loads((trained / "video_features" / "val_3d_features.json").read_text())
+    np.save(tmp_path / "val.npy", load_array(trained / "video_features" / "val_3d_features.pkl"))
+    (tmp_path / "val.json").write_text(json.dumps({**sidecar, "video_fingerprint": "0" * 32}))
+    code = run_in(trained, ["train-fusion", *_data_flags("ts"), "--num_epochs", "1", "--no_progress",
+                            "--path_feature_val", str(tmp_path / "val.npy"), "--outpath", str(tmp_path / "m"),
+                            "--logpath", str(tmp_path / "l")])
+    assert code == 2
+    assert "val.npy: extracted by another video model than" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,20 @@ class Checkpoint:
     preset: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     dust_version: str = __version__
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the weights (names, shapes, dtypes, values): which model produced what.
+
+        Stage 3 records it beside the features it writes, stage 4 keeps it, and a predictor
+        refuses a video model other than the one whose features the fused model learned from.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(self.state_dict):
+            tensor = self.state_dict[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode."""

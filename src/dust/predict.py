@@ -48,6 +48,10 @@ class Predictor:
                 f"{fusion_ckpt.meta.get('path')}: expects {self.fusion_model.video_feature_dim}-wide video features, "
                 f"{video_ckpt.meta.get('path')} gives {self.video_model.feature_dim}"
             )
+        learned_from = fusion_ckpt.meta.get("video_fingerprint")
+        if learned_from is not None and learned_from != video_ckpt.fingerprint:
+            raise InputError(f"{fusion_ckpt.meta.get('path')}: learned from the features of another video model "
+                             f"than {video_ckpt.meta.get('path')} (pair the stage-1 and stage-4 models of one run)")
         self.video_transform = VideoTransform(**video_ckpt.meta.get("video_transform", {}))
         self.series_transform = SeriesTransform(**fusion_ckpt.meta.get("series_transform", {}))
         self.class_names: list[str] = list(

@@ -625,21 +625,27 @@ def extract_features(
         ensure_writable_folder(target.parent)
     for source, target, video in zip(inputs, outputs, videos, strict=True):
         write_features(model, transform, video, Path(target),
-                       {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source)},
+                       {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source),
+                        "video_fingerprint": ckpt.fingerprint},
                        batch_size=batch_size, num_workers=num_workers, trainer_kwargs=trainer_kwargs)
     return [Path(t) for t in outputs]
 
 
-def _read_features(path: Path, rows_like: Path, expected_rows: int) -> np.ndarray:
+def _read_features(path: Path, rows_like: Path, expected_rows: int) -> tuple[np.ndarray, str | None]:
+    """Stage-3 features, checked against their sidecar; and the fingerprint of the video model that made them."""
     features = _read(path, 2, "video features")
     if len(features) != expected_rows:
         raise InputError(f"{path}: {len(features)} feature rows but {rows_like} has {expected_rows} clips")
     sidecar = feature_sidecar(path)
-    if sidecar.is_file():
+    if not sidecar.is_file():
+        return features, None
+    try:
         meta = json.loads(sidecar.read_text())
-        if meta.get("feature_dim") not in (None, features.shape[1]):
-            raise InputError(f"{path}: {features.shape[1]} wide, but {sidecar} records {meta['feature_dim']}")
-    return features
+    except ValueError:
+        raise InputError(f"{sidecar}: not valid JSON") from None
+    if meta.get("feature_dim") not in (None, features.shape[1]):
+        raise InputError(f"{path}: {features.shape[1]} wide, but {sidecar} records {meta['feature_dim']}")
+    return features, meta.get("video_fingerprint")
 
 
 def train_fusion(
@@ -674,8 +680,11 @@ def train_fusion(
     if train.shape[1] != config["in_chans"]:
         raise InputError(f"{path_kine_train}: {train.shape[1]} channels, {ts_checkpoint} was trained on "
                          f"{config['in_chans']}")
-    feats_train = _read_features(Path(path_feature_train), Path(path_kine_train), len(train))
-    feats_val = _read_features(Path(path_feature_val), Path(path_kine_val), len(val))
+    feats_train, made_by = _read_features(Path(path_feature_train), Path(path_kine_train), len(train))
+    feats_val, val_made_by = _read_features(Path(path_feature_val), Path(path_kine_val), len(val))
+    if None not in (made_by, val_made_by) and made_by != val_made_by:
+        raise InputError(f"{path_feature_val}: extracted by another video model than {path_feature_train} "
+                         f"(see their .json sidecars)")
     if feats_train.shape[1] != feats_val.shape[1]:
         raise InputError(f"{path_feature_val}: {feats_val.shape[1]} wide, {path_feature_train} is {feats_train.shape[1]}")
     transform = SeriesTransform(**ckpt.meta.get("series_transform", {}))
@@ -686,7 +695,7 @@ def train_fusion(
     except Exception as err:
         raise InputError(f"{ts_checkpoint}: {err}") from None
     meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint),
-            "ingest": _ingest_settings(path_kine_train)}
+            "ingest": _ingest_settings(path_kine_train), "video_fingerprint": made_by}
     return _fit("step_fusion", "final_fusion.pth", model,
                 ArrayRows([train, feats_train], [transform, as_float32], labels_train),
                 ArrayRows([val, feats_val], [transform, as_float32], labels_val), settings, ckpt.preset, meta)
