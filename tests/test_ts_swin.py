@@ -181,3 +181,23 @@ def test_shift_mask_kept_for_the_usual_length_matches_one_built_per_call(mask_mo
     for length in (13, 11):  # the usual length, and another one
         x = torch.randn(2, length, 8)
         torch.testing.assert_close(kept(x), built(x))
+
+
+def test_block_mlps_recompute_gelu_with_the_same_gradients():
+    from dust.models.mlp import RecomputedGeluMLP
+
+    torch.manual_seed(0)
+    lean = TimeSeriesSwin.from_preset("small", seq_len=19, in_chans=3, num_classes=4)
+    plain = TimeSeriesSwin.from_preset("small", seq_len=19, in_chans=3, num_classes=4)
+    plain.load_state_dict(lean.state_dict())
+    mlps = [m for m in plain.modules() if isinstance(m, RecomputedGeluMLP)]
+    assert mlps and all(m.recompute for m in mlps)
+    for module in mlps:
+        module.recompute = False
+    x = torch.randn(5, 3, 19)
+    for model in (plain, lean):
+        model.train()
+        torch.manual_seed(1)  # the same stochastic-depth draws
+        model(x).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+        assert torch.equal(a.grad, b.grad), name

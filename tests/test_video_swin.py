@@ -15,6 +15,7 @@ from dust.models import (
     load_imagenet_2d,
     load_kinetics400,
 )
+from dust.models.mlp import RecomputedGeluMLP
 
 MICRO = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=(2, 4, 4))
 
@@ -148,3 +149,34 @@ def test_inflation_resizes_bias_tables_to_other_windows():
 def test_imagenet_2d_of_another_width_is_refused():
     with pytest.raises(WeightsError, match="do not fit"):
         load_imagenet_2d(VideoSwin(num_classes=4, **MICRO), _swin_2d(embed_dim=16).state_dict())
+
+
+def _saved_bytes(model: VideoSwin, clip: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward over one forward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(clip)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_block_mlps_keep_one_hidden_tensor_and_the_same_gradients(checkpointing):
+    torch.manual_seed(0)
+    plain = VideoSwin.from_preset("nano", num_classes=3)
+    lean = VideoSwin.from_preset("nano", num_classes=3, grad_checkpointing=checkpointing)
+    lean.load_state_dict(plain.state_dict())
+    for module in plain.modules():
+        if isinstance(module, RecomputedGeluMLP):
+            module.recompute = False  # autograd's own bookkeeping: both hidden tensors kept
+    clip = torch.randn(2, 3, 8, 32, 32)
+    for model in (plain, lean):
+        model(clip).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), lean.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    if not checkpointing:  # one GELU output per block no longer kept: (2 x 4 x 8 x 8 tokens x 96) floats
+        assert _saved_bytes(plain, clip) - _saved_bytes(lean, clip) >= 2 * 4 * 8 * 8 * 96 * 4

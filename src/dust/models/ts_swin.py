@@ -24,6 +24,7 @@ features the patch projection alone does not.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Literal, Sequence
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from .mlp import RecomputedGeluMLP
 from .small_window_attention import small_window_attention
 from .window_rows import RowGather, to_tokens, to_windows
 
@@ -401,12 +403,9 @@ class SwinBlock1d(nn.Module):
         )
         self.norm1 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
-        self.mlp.add_module("act", nn.GELU())
-        self.mlp.add_module("drop1", nn.Dropout(dropout))
-        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
-        self.mlp.add_module("drop2", nn.Dropout(dropout))
+        self.mlp = RecomputedGeluMLP(OrderedDict(
+            fc1=nn.Linear(dim, hidden), act=nn.GELU(), drop1=nn.Dropout(dropout), fc2=nn.Linear(hidden, dim),
+            drop2=nn.Dropout(dropout)))
         self.norm2 = nn.LayerNorm(dim)
         self.drop_path = StochasticDepth(drop_path, "row")
         for norm in (self.norm1, self.norm2):  # every block starts as the identity

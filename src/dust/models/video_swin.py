@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.video.swin_transformer import PatchEmbed3d, SwinTransformer3d
 
+from .mlp import RecomputedGeluMLP
 from .video_attention import AttentionImpl, WindowAttention3d
 
 __all__ = ["VideoSwin"]
@@ -29,8 +30,11 @@ def _patch_embed_builder(in_chans: int, patch_norm: bool) -> Callable[..., nn.Mo
 
 
 def _block(*args, attn_layer: Callable[..., nn.Module] | None = None, **kwargs) -> nn.Module:
-    """torchvision's Swin block with :class:`WindowAttention3d` (``SwinTransformer3d`` always passes its own)."""
-    return SwinTransformerBlock(*args, attn_layer=WindowAttention3d, **kwargs)
+    """torchvision's Swin block with :class:`WindowAttention3d` (``SwinTransformer3d`` always passes its own)
+    and :class:`RecomputedGeluMLP` (same parameters)."""
+    block = SwinTransformerBlock(*args, attn_layer=WindowAttention3d, **kwargs)
+    block.mlp = RecomputedGeluMLP.from_sequential(block.mlp)
+    return block
 
 
 class VideoSwin(SwinTransformer3d):
@@ -102,6 +106,18 @@ class VideoSwin(SwinTransformer3d):
             drop_path_rate=drop_path_rate, patch_norm=patch_norm, in_chans=in_chans,
             drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
         )
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """In training, recompute each block in backward (the MLPs then store nothing of their own)."""
+        return self._grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, on: bool) -> None:
+        self._grad_checkpointing = bool(on)
+        for module in self.modules():
+            if isinstance(module, RecomputedGeluMLP):
+                module.recompute = not on
 
     @property
     def feature_dim(self) -> int:
