@@ -66,3 +66,39 @@ def test_resume_checkpoint_every_epoch_or_after_its_interval(tmp_path):
     assert _resume_epochs_seen(tmp_path / "every", 0.0) == ([None, 0, 1, 2], 3)
     # with a long interval only the first epoch and the last are written
     assert _resume_epochs_seen(tmp_path / "interval", 3600.0) == ([None, 0, 0, 0], 3)
+
+
+@pytest.mark.parametrize("size", [None, (3, 12, 10)])
+def test_clips_read_as_uint8_and_normalised_on_the_device_equal_the_whole_transform(size):
+    from dust.data.datasets import ArrayRows, VideoTransform
+
+    clips = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 16, 16), dtype=np.uint8)
+    transform = VideoTransform(size=size)
+    read = ArrayRows([clips], [transform.read])
+    batch = torch.stack([read[i][0] for i in range(2)])
+    assert batch.dtype == (torch.uint8 if size is None else torch.float32)  # resampling needs float
+    whole = torch.stack([transform(c) for c in clips])
+    assert torch.equal(transform.normalize(batch), whole)
+    if size is None:  # ImageNet's normalisation of [0, 1] pixels
+        mean, std = np.array(transform.mean)[:, None, None, None], np.array(transform.std)[:, None, None, None]
+        np.testing.assert_allclose(whole.numpy(), (clips / 255 - mean) / std, atol=1e-5)
+
+
+def test_the_training_step_applies_on_device_steps_to_its_inputs():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(2, 3)
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            seen.append((a.dtype, b.dtype))
+            return self.head(a + b)
+
+    task = ClassifierTask(Probe(), 3, 1e-3, on_device=[lambda x: x.float() / 2])
+    batch = (torch.full((4, 2), 8, dtype=torch.uint8), torch.ones(4, 2), torch.tensor([0, 1, 2, 0]))
+    expected = torch.nn.functional.cross_entropy(task.model.head(torch.full((4, 2), 5.0)), batch[2])
+    task.log = lambda *a, **k: None  # no trainer attached
+    assert torch.allclose(task.training_step(batch, 0), expected)
+    assert seen == [(torch.float32, torch.float32)]

@@ -116,7 +116,7 @@ class Predictor:
         if video.ndim != 5 or kinematics.ndim != 3 or len(video) != len(kinematics):
             raise InputError(f"expected clips (N, 3, T, H, W) and series (N, C, L) of equal N, "
                              f"got {video.shape} and {kinematics.shape}")
-        clips = torch.stack([self.video_transform(c) for c in video]).to(self.device)
+        clips = self.video_transform.normalize(torch.stack([self.video_transform.read(c) for c in video]).to(self.device))
         series = torch.stack([self.series_transform(s) for s in kinematics]).to(self.device)
         features = self.video_model.forward_features(clips)
         logits = self.fusion_model(series, features)

@@ -285,7 +285,8 @@ def _uint8_clips(path: Path, count: int, clip: tuple[int, int, int]) -> Path:
 
 def bench_loader(env: Env, *, clip: tuple[int, int, int], count: int, batch: int,
                  workdir: Path | None = None) -> Row:
-    """The stage-1 data path alone: memory-mapped uint8 ``.npy`` -> normalised float batches (clips/s)."""
+    """The stage-1 data path alone (clips/s): memory-mapped uint8 ``.npy`` -> uint8 batches on the device ->
+    normalised float, as a training step gets them."""
     from torch.utils.data import DataLoader
 
     from ..data.arrays import load_array
@@ -296,9 +297,10 @@ def bench_loader(env: Env, *, clip: tuple[int, int, int], count: int, batch: int
         labels = np.zeros(count, dtype=np.int64)
 
         def epoch() -> None:
-            dataset = ArrayRows([load_array(path)], [VideoTransform()], labels)
+            transform = VideoTransform()
+            dataset = ArrayRows([load_array(path)], [transform.read], labels)
             for clips, _ in DataLoader(dataset, batch_size=batch, shuffle=True):
-                clips.to(env.device)
+                transform.normalize(clips.to(env.device))
 
         seconds = time_call(epoch, env.device, warmup=1, repeats=env.repeats).best
     return Row("loader (uint8 .npy)", "", "x".join(map(str, clip)), batch, "eager", count / seconds,

@@ -30,18 +30,20 @@ def _index(i: np.ndarray) -> Tensor:
 
 
 class FeatureExtractor(L.LightningModule):
-    """Runs ``model.forward_features`` over (clip, index) batches; at the end, rank 0 holds every row in
-    input order (gathered from all processes)."""
+    """Runs ``model.forward_features`` over (clip, index) batches, the clips as ``transform.read`` gives them
+    (normalised here, on the device); at the end, rank 0 holds every row in input order (gathered from all
+    processes)."""
 
-    def __init__(self, model: VideoSwin) -> None:
+    def __init__(self, model: VideoSwin, transform: VideoTransform) -> None:
         super().__init__()
         self.model = model
+        self.normalize = transform.normalize
         self.features: np.ndarray | None = None
         self._rows: list[tuple[Tensor, Tensor]] = []
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         clips, index = batch
-        self._rows.append((index, self.model.forward_features(clips).float()))
+        self._rows.append((index, self.model.forward_features(self.normalize(clips)).float()))
 
     def on_predict_epoch_end(self) -> None:
         width = self.model.feature_dim
@@ -82,8 +84,8 @@ def write_features(
               "enable_model_summary": False, "enable_progress_bar": True, "use_distributed_sampler": False,
               **(trainer_kwargs or {})}
     trainer = build_trainer(**kwargs)
-    dataset = ArrayRows([video, np.arange(len(video))], [transform, _index])
-    module = FeatureExtractor(model)
+    dataset = ArrayRows([video, np.arange(len(video))], [transform.read, _index])  # uint8 up to the device
+    module = FeatureExtractor(model, transform)
     world, rank = trainer.world_size, trainer.global_rank
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         sampler=StridedSampler(len(dataset), rank, world))

@@ -293,8 +293,11 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
 
 def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
          settings: TrainSettings, preset: str | None, meta: dict[str, Any],
-         callbacks: Sequence[L.Callback] = ()) -> StageResult:
-    """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs."""
+         callbacks: Sequence[L.Callback] = (), on_device: Sequence[Callable | None] = ()) -> StageResult:
+    """Train ``model`` on ``train``, validating on ``val`` every ``print_every`` epochs.
+
+    ``on_device``: per input, what the training step applies to it on the device (see :class:`ClassifierTask`).
+    """
     start = time.perf_counter()
     resume_from = _resume_path(settings, final_name)
     for folder in (settings.outpath, settings.logpath):
@@ -302,7 +305,8 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     if settings.compile:
         model.compile(dynamic=False)
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
-                          _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs)
+                          _class_weights(settings, train.labels), settings.schedule, settings.warmup_epochs,
+                          on_device)
     if resume_from is not None:
         check_resumable(resume_from, task)
     recorder = StageRecorder(name, settings.outpath, settings.logpath, final_name, preset,
@@ -378,8 +382,9 @@ def train_video(
         log.warning("initialised from %s: %s", init_weights, loader(model, init_weights))
     meta = {"video_transform": transform.to_dict(), "input_dtype": str(video_train.dtype),
             "ingest": _ingest_settings(path_video_train)}
-    return _fit("step_3d", "final_3d.pth", model, ArrayRows([video_train], [transform], labels_train),
-                ArrayRows([video_val], [transform], labels_val), settings, model_preset, meta)
+    return _fit("step_3d", "final_3d.pth", model, ArrayRows([video_train], [transform.read], labels_train),
+                ArrayRows([video_val], [transform.read], labels_val), settings, model_preset, meta,
+                on_device=[transform.normalize])  # clips stay uint8 up to the device
 
 
 def _series_pair(settings: TrainSettings, paths: Sequence[Path], labels: Sequence[Path], num_channels: int | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -55,6 +56,8 @@ class ClassifierTask(L.LightningModule):
         class_weights: optional per-class loss weights (the validation loss stays unweighted).
         schedule: ``"constant"`` or ``"cosine"`` (per-step cosine decay after a linear warm-up).
         warmup_epochs: warm-up length for ``"cosine"``, in epochs (fractions allowed).
+        on_device: per input, what to apply to it on the device before the model (None: nothing),
+            e.g. :meth:`~dust.data.datasets.VideoTransform.normalize` for uint8 clips.
     """
 
     def __init__(
@@ -67,10 +70,12 @@ class ClassifierTask(L.LightningModule):
         class_weights: list[float] | None = None,
         schedule: str = "constant",
         warmup_epochs: float = 0.0,
+        on_device: Sequence[Callable[[Tensor], Tensor] | None] = (),
     ) -> None:
         super().__init__()
         self.model = model
-        self.save_hyperparameters(ignore=["model"])
+        self.on_device = tuple(on_device)
+        self.save_hyperparameters(ignore=["model", "on_device"])
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -81,13 +86,18 @@ class ClassifierTask(L.LightningModule):
     def forward(self, *inputs: Tensor) -> Tensor:
         return self.model(*inputs)
 
+    def _prepared(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        """The batch's inputs with :attr:`on_device` applied (inside the step: no reference outlives it)."""
+        steps = self.on_device + (None,) * (len(inputs) - len(self.on_device))
+        return [x if step is None else step(x) for x, step in zip(inputs, steps)]
+
     def _loss(self, logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
         return F.cross_entropy(logits, labels, weight=self.class_weights,
                                label_smoothing=self.hparams.label_smoothing, reduction=reduction)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         *inputs, labels = batch
-        loss = self._loss(self(*inputs), labels)
+        loss = self._loss(self(*self._prepared(inputs)), labels)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -96,7 +106,7 @@ class ClassifierTask(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         *inputs, labels = batch
-        logits = self(*inputs)
+        logits = self(*self._prepared(inputs))
         self._val_loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         self._val_count += len(labels)
         self.val_accuracy.update(logits, labels)
