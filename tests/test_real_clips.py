@@ -94,6 +94,12 @@ def test_predict_reads_a_manifest_as_prepare_does(finished, capsys):
     manifest.write_text("video,kinematics,end\nclip_9.mp4,clip_9.csv,soon\n")
     assert main(["predict", "--run", str(finished / "run"), "--manifest", str(manifest)]) == 2
     assert "excel.csv: manifest row 1 (id clip_9.mp4): end 'soon'" in capsys.readouterr().err
+    # a training manifest's val rows may lack labels; any other problem of such a row still stops
+    manifest.write_text("id,video,kinematics,split\na,clip_9.mp4,clip_9.csv,val\na,clip_9.mp4,clip_9.csv,val\n")
+    assert main(["predict", "--run", str(finished / "run"), "--manifest", str(manifest)]) == 2
+    assert "manifest row 2 (id a): id 'a' repeats manifest row 1" in capsys.readouterr().err
+    manifest.write_text("id,video,kinematics,split\na,clip_9.mp4,clip_9.csv,val\n")
+    assert main(["predict", "--run", str(finished / "run"), "--manifest", str(manifest), "--out", str(out)]) == 0
 
 
 def test_predict_reports_a_broken_video_in_one_line(finished, capsys):

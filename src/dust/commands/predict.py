@@ -30,10 +30,9 @@ def _manifest_rows(path: Path) -> list[dict]:
     """The clips of a prediction manifest, read as `dust prepare` reads one (labels and splits ignored)."""
     from ..data.ingest import read_manifest
 
-    rows, problems, _ = read_manifest(path)
-    bad = [p for p in problems if not p.problem.startswith("no label")]  # a training manifest's rows may lack one
-    if bad:
-        raise InputError(f"{path}: {bad[0]}")
+    rows, problems, _ = read_manifest(path, need_labels=False)
+    if problems:
+        raise InputError(f"{path}: {problems[0]}")
     return [{"id": row.id, "video": row.video_path, "kinematics": row.kine_path, "start": row.start, "end": row.end}
             for row in rows]
 

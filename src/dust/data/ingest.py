@@ -223,8 +223,11 @@ def _seconds(name: str, cell: str) -> tuple[float | None, str | None]:
     return value, None
 
 
-def read_manifest(path: str | os.PathLike[str]) -> tuple[list[ManifestRow], list[RowProblem], list[str]]:
+def read_manifest(path: str | os.PathLike[str], *, need_labels: bool = True
+                  ) -> tuple[list[ManifestRow], list[RowProblem], list[str]]:
     """Parse a manifest: its rows, the rows' problems found without opening their files, and ignored columns.
+
+    ``need_labels``: train and val rows without a label are problems (for training; not for prediction).
 
     Raises :class:`InputError` when the manifest itself is unreadable, lacks a
     required column or has no rows.
@@ -270,7 +273,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[ManifestRow], list
         issues += [problem for problem in (start_problem, end_problem) if problem]
         if end is not None and end <= (start or 0.0):
             issues.append(f"end {end:g} s is not after start {start or 0:g} s")
-        if split in ("train", "val") and label is None:
+        if need_labels and split in ("train", "val") and label is None:
             issues.append(f"no label, but {split} rows need one")
         clip_id = get.get("id") or video
         if get.get("id"):
