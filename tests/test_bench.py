@@ -112,7 +112,7 @@ def test_bench_checks_its_output_paths_before_measuring(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     cases = [(["--workdir", str(tmp_path / "missing")], "--workdir is not an existing folder"),
              (["--json", str(tmp_path)], "--json is a folder"),
-             (["--json", str(tmp_path / "afile" / "b.json")], "afile: cannot write there (Not a directory)")]
+             (["--json", str(tmp_path / "afile" / "b.json")], "afile is a file, not a folder")]
     for flags, message in cases:
         assert main(["bench", "--quick", *flags]) == 2  # at once: a run would take minutes
         err = capsys.readouterr()

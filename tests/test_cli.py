@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dust.cli import main
+from dust.errors import InputError
 from dust.models import list_presets
 
 
@@ -183,4 +184,27 @@ def test_an_output_folder_under_a_file_is_refused_before_any_work(tmp_path, caps
     target = tmp_path / "afile" / "out"
     argv = [part if part != "manifest.csv" else str(tmp_path / part) for part in command]
     assert main([*argv, str(target), "--no_progress"]) == 2
-    assert capsys.readouterr().err.strip() == f"dust: error: {target}: cannot write there (Not a directory)"
+    assert capsys.readouterr().err.strip() == (f"dust: error: {target}: cannot write there "
+                                               f"({tmp_path / 'afile'} is a file, not a folder)")
+
+
+def test_config_numbers_for_text_flags_are_read_as_text(tmp_path):
+    from dust.cli import PARSERS, apply_config, build_parser
+
+    build_parser()
+    config = tmp_path / "text.yaml"
+    config.write_text("devices: 1\nprecision: 32\noutpath: 5\n")  # YAML reads these as numbers
+    apply_config(PARSERS["train-ts"], str(config), "train-ts", strict_keys=True)
+    args = PARSERS["train-ts"].parse_args([])
+    assert (args.devices, args.precision, args.outpath) == ("1", "32", "5")
+    config.write_text("outpath: true\n")
+    with pytest.raises(InputError, match="text.yaml: outpath: expected text, got True"):
+        apply_config(PARSERS["train-ts"], str(config), "train-ts", strict_keys=True)
+
+
+def test_run_refuses_an_empty_stage_list_and_a_workdir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["run", "--stages", " , "]) == 2
+    assert "--stages: no stage given" in capsys.readouterr().err
+    assert main(["run", "--workdir", str(tmp_path / "afile"), "--stages", "gen-data"]) == 2
+    assert "afile is a file, not a folder" in capsys.readouterr().err

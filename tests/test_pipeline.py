@@ -375,3 +375,69 @@ def test_fusion_refuses_features_of_two_video_models(trained, tmp_path, capsys):
                             "--logpath", str(tmp_path / "l")])
     assert code == 2
     assert "val.npy: extracted by another video model than" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_models_of_two_runs_and_a_corrupt_history(trained, tmp_path, capsys):
+    import shutil
+
+    from dust.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("report_*"))
+    assert main(["evaluate", "--run", str(run), "--no_progress"]) == 0
+    (run / "logs" / "step_1d_history.json").write_text("garbage")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--run", str(run), "--no_progress", "--out", str(out)]) == 2
+    assert "step_1d_history.json: not a JSON file" in capsys.readouterr().err and not out.exists()
+    video = load_checkpoint(run / "saved_models" / "step_3d" / "final_3d.pth")
+    model = video.build()
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    save_checkpoint(run / "saved_models" / "step_3d" / "final_3d.pth", model, preset=video.preset,
+                    **{k: v for k, v in video.meta.items() if k != "path"})
+    assert main(["evaluate", "--run", str(run), "--no_progress"]) == 2
+    assert "learned from the features of another video model" in capsys.readouterr().err
+
+
+def test_predictor_refuses_inputs_its_models_cannot_take(trained):
+    from dust import Predictor
+    from dust.errors import InputError
+
+    predictor = Predictor.from_run(trained)
+    video = np.asarray(load_array(trained / "data" / "video_val.npy"))[:2]
+    kine = np.asarray(load_array(trained / "data" / "kine_val.npy"))[:2]
+    cases = [(video[:, :2], kine, "clips: 2 colour channels, the model takes 3"),
+             (video, kine[:, :2], "series: 2 channels, the model takes 3"),
+             (video.astype(np.float32) * np.inf, kine, "clips: NaN or infinite values"),
+             (video, kine * np.inf, "series: infinite values"),
+             (video, np.full_like(kine, np.nan), "series: a series with no values")]
+    for clips, series, message in cases:
+        with pytest.raises(InputError, match=message):
+            predictor.predict(clips, series)
+    with pytest.raises(InputError, match="--device bogus: not a device"):
+        Predictor.from_run(trained, device="bogus")
+
+
+def test_extract_features_never_overwrites_an_input_or_another_output(trained, capsys):
+    base = ["extract-features", "--path_video_train", "data/video_train.npy", "--path_video_val",
+            "data/video_val.npy", "--no_progress"]
+    before = (trained / "data" / "video_train.npy").read_bytes()
+    for outputs, message in [(["data/video_train.npy", "f/v.npy"], "would overwrite input data/video_train.npy"),
+                             (["f/a.npy", "f/a.npy"], "would overwrite output f/a.npy"),
+                             (["f/a.pkl", "f/a.npy"], "f/a.json: would overwrite output f/a.json")]:
+        assert run_in(trained, [*base, "--path_feature_train", outputs[0], "--path_feature_val", outputs[1]]) == 2
+        assert message in capsys.readouterr().err
+    assert (trained / "data" / "video_train.npy").read_bytes() == before and not (trained / "f").exists()
+
+
+def test_predict_checks_its_output_and_device_before_any_work(trained, capsys):
+    args = ["predict", "--run", str(trained), "--video", "a.mp4", "--kinematics", "a.csv"]
+    cases = [(["--out", ""], "--out '': not a file name"), (["--out", str(trained)], "--out is a folder"),
+             (["--device", "bogus"], "--device bogus: not a device"),
+             (["--manifest", "m.csv"], "give --manifest, or --video and --kinematics, not both")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"))
+    for flags, message in cases:
+        assert main([*args, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, err

@@ -33,10 +33,11 @@ def ensure_writable_folder(folder: str | Path, *, create: bool = True) -> None:
     file system) raises :class:`~dust.errors.InputError` naming ``folder``.
     """
     folder = Path(folder)
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        shown = folder if existing == folder.absolute() else existing
+        raise InputError(f"{folder}: cannot write there ({shown} is a file, not a folder)")
     if not create:
-        existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-        if not existing.is_dir():
-            raise InputError(f"{folder}: cannot write there ({os.strerror(errno.ENOTDIR)})")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise InputError(f"{folder}: cannot write there ({os.strerror(errno.EACCES)})")
         return

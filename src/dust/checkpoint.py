@@ -16,7 +16,7 @@ from .atomic import atomic_output
 from .models import DuST, SeriesEnsemble, TimeSeriesSwin, VideoSwin
 from .models.weights import WeightsError, load_weights, to_tensors
 
-__all__ = ["Checkpoint", "ModelKind", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "ModelKind", "build_model", "check_pair", "load_checkpoint", "save_checkpoint"]
 
 ModelKind = Literal["video", "ts", "fusion"]
 FORMAT = "dust-checkpoint"
@@ -122,3 +122,17 @@ def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Che
         meta={**raw.get("meta", {}), "path": str(path)},
         dust_version=raw.get("dust_version", "?"),
     )
+
+
+def check_pair(video: Checkpoint, fusion: Checkpoint) -> None:
+    """Refuse a stage-1 video model and a stage-4 fused model that do not belong together: the fused model
+    learned from another video model's features, or the two name their classes differently (:class:`WeightsError`)."""
+    where = fusion.meta.get("path", "the fused model")
+    learned_from = fusion.meta.get("video_fingerprint")
+    if learned_from is not None and learned_from != video.fingerprint:
+        raise WeightsError(f"{where}: learned from the features of another video model than "
+                           f"{video.meta.get('path', 'this one')} (pair the stage-1 and stage-4 models of one run)")
+    names = video.meta.get("class_names"), fusion.meta.get("class_names")
+    if None not in names and list(names[0]) != list(names[1]):
+        raise WeightsError(f"{where}: classes {', '.join(names[1])}, but {video.meta.get('path', 'the video model')} "
+                           f"has {', '.join(names[0])}")

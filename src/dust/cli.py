@@ -109,6 +109,10 @@ def _config_value(path: str, action: argparse.Action, value: Any) -> Any:
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise InputError(f"{where}: expected {getattr(action.type, '__name__', 'a valid value')}, "
                              f"got {value!r}") from None
+    elif not isinstance(value, str):  # a text flag (a path, a device list, ...) given a YAML number
+        if isinstance(value, bool):
+            raise InputError(f"{where}: expected text, got {value!r}")
+        value = str(value)
     if action.choices is not None and value not in action.choices:
         raise InputError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value

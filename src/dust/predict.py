@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, check_pair, load_checkpoint
 from .data.datasets import SeriesTransform, VideoTransform
 from .errors import InputError
-from .models import DuST, VideoSwin
+from .models import DuST, VideoSwin, WeightsError
 
 if TYPE_CHECKING:
     from .data.ingest import PrepareSettings
@@ -40,7 +40,7 @@ class Predictor:
     def __init__(self, video_ckpt: Checkpoint, fusion_ckpt: Checkpoint, device: str | torch.device | None = None) -> None:
         if video_ckpt.kind != "video" or fusion_ckpt.kind != "fusion":
             raise InputError("a Predictor needs a video checkpoint (stage 1) and a fusion checkpoint (stage 4)")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _device(device)
         self.video_model: VideoSwin = video_ckpt.build().to(self.device)  # type: ignore[assignment]
         self.fusion_model: DuST = fusion_ckpt.build().to(self.device)  # type: ignore[assignment]
         if self.fusion_model.video_feature_dim != self.video_model.feature_dim:
@@ -48,10 +48,10 @@ class Predictor:
                 f"{fusion_ckpt.meta.get('path')}: expects {self.fusion_model.video_feature_dim}-wide video features, "
                 f"{video_ckpt.meta.get('path')} gives {self.video_model.feature_dim}"
             )
-        learned_from = fusion_ckpt.meta.get("video_fingerprint")
-        if learned_from is not None and learned_from != video_ckpt.fingerprint:
-            raise InputError(f"{fusion_ckpt.meta.get('path')}: learned from the features of another video model "
-                             f"than {video_ckpt.meta.get('path')} (pair the stage-1 and stage-4 models of one run)")
+        try:
+            check_pair(video_ckpt, fusion_ckpt)
+        except WeightsError as err:
+            raise InputError(str(err)) from None
         self.video_transform = VideoTransform(**video_ckpt.meta.get("video_transform", {}))
         self.series_transform = SeriesTransform(**fusion_ckpt.meta.get("series_transform", {}))
         self.class_names: list[str] = list(
@@ -106,7 +106,9 @@ class Predictor:
     def predict_proba(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> np.ndarray:
         """Probabilities ``(N, K)`` for clips ``(N, 3, T, H, W)`` (or one clip) and their series ``(N, C, L)``
         (or one series) — or for a video file and its kinematics CSV."""
+        sources = ("clips", "series")
         if isinstance(video, (str, Path)) or isinstance(kinematics, (str, Path)):
+            sources = (str(video), str(kinematics))
             video, kinematics = self.read_files(video, kinematics)  # type: ignore[arg-type]
         video, kinematics = np.asarray(video), np.asarray(kinematics)
         if video.ndim == 4:
@@ -116,11 +118,27 @@ class Predictor:
         if video.ndim != 5 or kinematics.ndim != 3 or len(video) != len(kinematics):
             raise InputError(f"expected clips (N, 3, T, H, W) and series (N, C, L) of equal N, "
                              f"got {video.shape} and {kinematics.shape}")
+        self._check_inputs(video, kinematics, *sources)
         clips = self.video_transform.normalize(torch.stack([self.video_transform.read(c) for c in video]).to(self.device))
         series = torch.stack([self.series_transform(s) for s in kinematics]).to(self.device)
         features = self.video_model.forward_features(clips)
         logits = self.fusion_model(series, features)
         return logits.softmax(dim=-1).float().cpu().numpy()
+
+    def _check_inputs(self, video: np.ndarray, kinematics: np.ndarray, video_source: str, series_source: str) -> None:
+        """Channels the models take, finite clips, series with at least one step (NaN pads unequal lengths)."""
+        takes = self.video_model.in_chans, self.fusion_model.backbone.config["in_chans"]
+        for source, array, what, channels in ((video_source, video, "colour channels", takes[0]),
+                                              (series_source, kinematics, "channels", takes[1])):
+            if array.shape[1] != channels:
+                raise InputError(f"{source}: {array.shape[1]} {what}, the model takes {channels}")
+        if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
+            raise InputError(f"{video_source}: NaN or infinite values in the clips")
+        if np.issubdtype(kinematics.dtype, np.floating):
+            if np.isinf(kinematics).any():
+                raise InputError(f"{series_source}: infinite values in the series")
+            if np.isnan(kinematics).all(axis=(1, 2)).any():
+                raise InputError(f"{series_source}: a series with no values (all NaN)")
 
     def predict(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> list[str]:
         """Predicted class names (see :meth:`predict_proba` for the inputs)."""
@@ -137,3 +155,18 @@ class Predictor:
                         **{f"p_{name}": float(p) for name, p in zip(self.class_names, proba)}})
         return out
 
+
+
+def _device(spec: str | torch.device | None) -> torch.device:
+    """``spec`` as a device this machine has (default: CUDA when available, else the CPU)."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {spec}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {spec}: this machine has no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {spec}: only cpu and cuda are supported")
+    return device

@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from ..atomic import write_text
+from ..atomic import ensure_writable_folder, write_text
 from ..cli import add_flag, register
 from ..errors import InputError
 
@@ -37,6 +37,16 @@ def _manifest_rows(path: Path) -> list[dict]:
             for row in rows]
 
 
+def _check_output_file(out: str) -> None:
+    """``--out`` can be written: a file name, not a folder, in a folder that exists or can be made."""
+    target = Path(out)
+    if not out.strip() or target.name in ("", ".", ".."):
+        raise InputError(f"--out {out!r}: not a file name")
+    if target.is_dir():
+        raise InputError(f"{target}: --out is a folder, not a file")
+    ensure_writable_folder(target.parent, create=False)
+
+
 def _format(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
@@ -51,6 +61,10 @@ def _format(rows: list[dict], fmt: str) -> str:
 def predict(args: argparse.Namespace) -> None:
     from ..predict import Predictor
 
+    if args.out != "-":  # before any model is loaded, not after every clip is predicted
+        _check_output_file(args.out)
+    if args.manifest and (args.video or args.kinematics):
+        raise InputError("give --manifest, or --video and --kinematics, not both")
     if args.run:
         predictor = Predictor.from_run(args.run, device=args.device)
     elif args.video_checkpoint and args.fusion_checkpoint:
@@ -88,6 +102,11 @@ def evaluate(args: argparse.Namespace) -> None:
     from ..evaluation.evaluate import comparison_table, evaluate_run
 
     out = Path(args.out) if args.out else Path(args.run) / f"report_{args.split}"
+    if args.batch_size < 1:
+        raise InputError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a report folder")
+    ensure_writable_folder(out, create=False)  # before the models run, not after
     reports = evaluate_run(args.run, args.split, out, batch_size=args.batch_size, progress=not args.no_progress)
     for name, report in reports.items():
         print(f"\n{name}\n{report.table()}")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json
+from ..atomic import ensure_writable_folder, write_json
 from ..cli import PARSERS, add_flag, apply_config, config_section, read_config, register
 from ..errors import InputError
 from ..training.stages import StageResult
@@ -130,6 +130,8 @@ def print_summary(summary: dict[str, dict[str, float]]) -> None:
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
+    if not stages:
+        raise InputError(f"--stages: no stage given; choose from {', '.join(STAGES)}")
     if bad:
         raise InputError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
     if args.config:
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             raise InputError(f"{prepared}: not a `dust prepare` output (video_train.npy is missing)")
         stages = [s for s in stages if s != "gen-data"]
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(workdir)
     parsed = {name: _stage_args(name, args.config, args.extra, workdir) for name in stages}
     unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
     if unknown:

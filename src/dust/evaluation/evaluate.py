@@ -12,16 +12,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..atomic import write_json
-from ..checkpoint import load_checkpoint
+from ..checkpoint import check_pair, load_checkpoint
 from ..data.arrays import load_array
 from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_labels
 from ..errors import InputError
+from ..models import WeightsError
 from .metrics import ClassificationReport, classification_report
 
 __all__ = ["comparison_table", "evaluate_run", "split_files"]
 
 MODALITIES = {"video": "step_3d/final_3d.pth", "timeseries": "step_1d/final_1d.pth",
               "fusion": "step_fusion/final_fusion.pth"}
+_KINDS = {"video": "video", "timeseries": "ts", "fusion": "fusion"}
+_HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"}
 
 
 def split_files(run_dir: Path, split: str) -> dict[str, Path]:
@@ -40,7 +43,9 @@ def split_files(run_dir: Path, split: str) -> dict[str, Path]:
         files = content.get("data", {}).get(split)
         if not files:
             raise InputError(f"{record}: the run has no {split} split")
-        return {k: Path(v) for k, v in files.items()}
+        if not isinstance(files, dict) or not all(isinstance(files.get(k), str) for k in ("video", "kine", "label")):
+            raise InputError(f"{record}: the {split} split must name its video, kine and label files")
+        return {k: Path(files[k]) for k in ("video", "kine", "label")}
     for suffix in (".npy", ".pkl", ".npz"):
         files = {k: run_dir / "data" / f"{k}_{split}{suffix}" for k in ("video", "kine", "label")}
         if all(p.is_file() for p in files.values()):
@@ -67,11 +72,21 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
     ckpts = {}
     for name, rel in MODALITIES.items():
         try:
-            ckpts[name] = load_checkpoint(models_dir / rel)
+            ckpts[name] = load_checkpoint(models_dir / rel, expect=_KINDS[name])
         except Exception as err:
             raise InputError(str(err)) from None
+    try:
+        check_pair(ckpts["video"], ckpts["fusion"])
+    except WeightsError as err:
+        raise InputError(str(err)) from None
     files = split_files(run_dir, split)
     video, kine = load_array(files["video"]), load_array(files["kine"])
+    for path, array, ndim, channels in ((files["video"], video, 5, ckpts["video"].config["in_chans"]),
+                                        (files["kine"], kine, 3, ckpts["timeseries"].config["in_chans"])):
+        if array.ndim != ndim or array.shape[1] != channels:
+            raise InputError(f"{path}: shape {array.shape}, the run's models take "
+                             f"{'clips (N, 3, T, H, W)' if ndim == 5 else f'series (N, {channels}, L)'}")
+    histories = _histories(run_dir)  # read before anything is written
     class_names = ckpts["fusion"].meta.get("class_names") or [str(i) for i in range(ckpts["fusion"].config["num_classes"])]
     raw_labels = np.asarray(load_array(files["label"]))
     if not len(video) == len(kine) == len(raw_labels):
@@ -98,7 +113,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
     reports = {name: classification_report(labels, logits[labelled].argmax(axis=1), class_names)
                for name, logits in (("video", video_logits), ("timeseries", ts_logits), ("fusion", fused_logits))}
     if out is not None:
-        _write(Path(out), run_dir, split, files, reports)
+        _write(Path(out), run_dir, split, files, reports, histories)
     return reports
 
 
@@ -110,7 +125,24 @@ def comparison_table(reports: dict[str, ClassificationReport]) -> str:
     return "\n".join(lines)
 
 
-def _write(out: Path, run_dir: Path, split: str, files: dict[str, Path], reports: dict[str, ClassificationReport]) -> None:
+def _histories(run_dir: Path) -> dict[str, dict]:
+    """Each stage's training history (``logs/step_*_history.json``), by stage."""
+    histories = {}
+    for path in sorted((run_dir / "logs").glob("step_*_history.json")):
+        try:
+            content = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError(f"{path}: not a JSON file") from None
+        rows = content.get("history") if isinstance(content, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and _HISTORY_KEYS <= r.keys() for r in rows):
+            raise InputError(f"{path}: not a training history (expected {{\"history\": [rows with "
+                             f"{', '.join(sorted(_HISTORY_KEYS))}]}})")
+        histories[path.stem.removesuffix("_history")] = content
+    return histories
+
+
+def _write(out: Path, run_dir: Path, split: str, files: dict[str, Path], reports: dict[str, ClassificationReport],
+           histories: dict[str, dict]) -> None:
     from .plots import plot_confusion, plot_history
 
     out.mkdir(parents=True, exist_ok=True)
@@ -119,5 +151,5 @@ def _write(out: Path, run_dir: Path, split: str, files: dict[str, Path], reports
     write_json(out / "report.json", payload)
     for name, report in reports.items():
         plot_confusion(report, out / f"confusion_{name}.png", title=f"{name} ({split})")
-    for history in sorted((run_dir / "logs").glob("step_*_history.json")):
-        plot_history(json.loads(history.read_text()), out / f"curves_{history.stem.removesuffix('_history')}.png")
+    for stage, history in histories.items():
+        plot_history(history, out / f"curves_{stage}.png")

@@ -621,6 +621,7 @@ def extract_features(
     trainer_kwargs = {"accelerator": accelerator, "devices": _devices(devices), "num_nodes": num_nodes,
                       "strategy": strategy, "precision": precision, "enable_progress_bar": progress}
     videos = [_read_video(source) for source in inputs]  # every input and output checked before any is written
+    _check_distinct_outputs(inputs, outputs)
     for target in map(Path, outputs):
         if target.is_dir():
             raise InputError(f"{target}: is a folder, not a feature file")
@@ -634,6 +635,16 @@ def extract_features(
                         "video_fingerprint": ckpt.fingerprint},
                        batch_size=batch_size, num_workers=num_workers, trainer_kwargs=trainer_kwargs)
     return [Path(t) for t in outputs]
+
+
+def _check_distinct_outputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    """No feature file (or its JSON sidecar) may overwrite an input or another output."""
+    taken: dict[Path, str] = {Path(p).resolve(): f"input {p}" for p in inputs}
+    for target in map(Path, outputs):
+        for path in (target, feature_sidecar(target)):
+            if path.resolve() in taken:
+                raise InputError(f"{path}: would overwrite {taken[path.resolve()]}")
+            taken[path.resolve()] = f"output {path}"
 
 
 def _read_features(path: Path, rows_like: Path, expected_rows: int) -> tuple[np.ndarray, str | None]:
@@ -690,6 +701,9 @@ def train_fusion(
     if None not in (made_by, val_made_by) and made_by != val_made_by:
         raise InputError(f"{path_feature_val}: extracted by another video model than {path_feature_train} "
                          f"(see their .json sidecars)")
+    if made_by is None:
+        log.warning("%s: no sidecar names the video model that made these features; `dust predict` will not "
+                    "be able to check that it is given that model", path_feature_train)
     if feats_train.shape[1] != feats_val.shape[1]:
         raise InputError(f"{path_feature_val}: {feats_val.shape[1]} wide, {path_feature_train} is {feats_train.shape[1]}")
     transform = SeriesTransform(**ckpt.meta.get("series_transform", {}))
