@@ -44,8 +44,12 @@ def test_truncated_or_foreign_files_are_refused(tmp_path):
                                                         num_heads=(1, 1, 2, 2), window_size=(2, 4, 4)))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="m.pth: cannot read checkpoint"):
+    with pytest.raises(WeightsError, match=r"m.pth: cannot read checkpoint \(a damaged or truncated file\)"):
         load_checkpoint(path)
+    text = tmp_path / "config.yaml"
+    text.write_text("lr: 0.1\n")
+    with pytest.raises(WeightsError, match=r"config.yaml: cannot read checkpoint \(not a PyTorch checkpoint file\)"):
+        load_checkpoint(text)
     plain = tmp_path / "plain.pth"
     torch.save(TimeSeriesSwin(**TS).state_dict(), plain)
     with pytest.raises(WeightsError, match="not a DuST checkpoint"):

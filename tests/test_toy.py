@@ -140,6 +140,7 @@ def test_noise_kind_with_three_classes(tmp_path: Path) -> None:
         (dict(fmt="csv"), "fmt"),
         (dict(difficulty=1.5), "difficulty"),
         (dict(height=0), "height"),
+        (dict(n_val=0), "--n_val must be at least 1"),
     ],
 )
 def test_invalid_arguments(tmp_path: Path, arguments: dict, message: str) -> None:

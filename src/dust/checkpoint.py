@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -95,6 +96,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, preset: str | None = 
     return path
 
 
+def _load_problem(path: Path, err: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in a few words."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK":
+            return "a damaged or truncated file"
+        if head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
+            return "not a PyTorch checkpoint file"
+    if "Weights only load failed" in str(err):
+        return "it holds objects other than tensors and plain values; they are not loaded, as that could run code"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (safely: ``weights_only=True``)."""
     path = Path(path)
@@ -103,8 +118,7 @@ def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Che
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise WeightsError(f"{path}: cannot read checkpoint ({problem})") from None
+        raise WeightsError(f"{path}: cannot read checkpoint ({_load_problem(path, err)})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a DuST checkpoint (a plain state dict? convert it with `dust convert-reference`)")
     if raw.get("format_version") != FORMAT_VERSION:

@@ -24,6 +24,8 @@ def _presets_args(parser: argparse.ArgumentParser) -> None:
 def presets(args: argparse.Namespace) -> None:
     from ..models import TimeSeriesSwin, VideoSwin
 
+    if args.num_classes < 1:
+        raise InputError(f"--num_classes must be at least 1, got {args.num_classes}")
     table = list_presets()
     if args.format == "yaml":
         print(yaml.safe_dump(table, sort_keys=False), end="")
@@ -62,7 +64,9 @@ def convert_reference(args: argparse.Namespace) -> None:
     kind: ReferenceKind = args.kind
     try:
         model = from_reference(kind, config, read_state_dict(args.weights))
-    except TypeError as err:
+    except InputError:
+        raise
+    except (TypeError, ValueError) as err:  # a missing or unknown key; a value of the wrong kind
         raise InputError(f"{args.config_json}: not a {kind} reference config ({err})") from None
     save_checkpoint(args.out, model, source="reference", reference_config=config)
     print(f"wrote {args.out}: {kind} model, {count_parameters(model):,} parameters")

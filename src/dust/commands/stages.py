@@ -22,7 +22,7 @@ def _devices_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     add_flag(group, "devices", default="1", help="devices per node: a count, auto, or a list like 0,1 (default: 1)")
     add_flag(group, "num_nodes", type=int, default=1, help="machines (default: %(default)s)")
     add_flag(group, "strategy", default="auto", help="auto, ddp, fsdp, ... (default: %(default)s)")
-    add_flag(group, "precision", default="32-true", help="32, bf16-mixed or 16-mixed (default: 32)")
+    add_flag(group, "precision", default="32-true", help="32-true, bf16-mixed or 16-mixed (default: %(default)s)")
     return group
 
 
@@ -45,7 +45,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
              help="learning-rate schedule: constant, or cosine decay after a linear warm-up (default: %(default)s)")
     add_flag(parser, "warmup_epochs", type=float, default=0.0, help="warm-up epochs for --schedule cosine")
     add_flag(parser, "class_weights", default=None,
-             help="loss weights per class: 'auto' (inverse frequency), or comma-separated numbers")
+             help="loss weights per class: 'auto' (inverse frequency), 'none', or comma-separated numbers")
     add_flag(parser, "compile", action="store_true", help="torch.compile the model for training")
     add_flag(parser, "no_progress", action="store_true", help="no progress bars")
     group = _devices_group(parser)
@@ -121,7 +121,8 @@ def gen_data(args: argparse.Namespace) -> dict[str, Path]:
         )
     except ValueError as err:
         raise InputError(str(err)) from None
-    print(f"wrote {len(files)} files to {args.outdir}: {args.n_train} training and {args.n_val} validation clips")
+    print(f"wrote {len(files) + 1} files to {args.outdir} (arrays and classes.json): {args.n_train} training and "
+          f"{args.n_val} validation clips")
     return files
 
 

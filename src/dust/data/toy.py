@@ -433,13 +433,12 @@ def _validate(kind: str, fmt: str, num_classes: int, difficulty: float, sizes: d
             f"got num_classes={num_classes}; use kind='noise' for other class counts"
         )
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        raise ValueError(f"--num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f"difficulty must lie in [0, 1], got {difficulty}")
-    for name, value in sizes.items():
-        minimum = 0 if name.startswith("n_") else 1
-        if value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise ValueError(f"--difficulty must lie in [0, 1], got {difficulty}")
+    for name, value in sizes.items():  # every split must hold a clip: the stages refuse empty ones
+        if value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
 
 
 def generate_toy_data(
