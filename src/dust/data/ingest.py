@@ -718,9 +718,11 @@ def prepare(
         if not any(plan.splits.values()):
             raise InputError(f"{manifest}: no usable rows ({len(plan.problems)} bad)")
 
-        out.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_sibling(out)  # hidden, beside `out`: renamed into place once complete
-        temp.mkdir()
+        try:
+            temp.mkdir(parents=True)
+        except OSError as err:
+            raise InputError(f"{out}: cannot write there ({err.strerror})") from None
         try:
             failed = _decode_into(temp, plan, settings, processes, skip_bad, progress, warn)
             skipped = sorted(plan.problems + failed, key=lambda p: p.row.number)
