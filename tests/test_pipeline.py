@@ -408,8 +408,8 @@ def test_predictor_refuses_inputs_its_models_cannot_take(trained):
     kine = np.asarray(load_array(trained / "data" / "kine_val.npy"))[:2]
     cases = [(video[:, :2], kine, "clips: 2 colour channels, the model takes 3"),
              (video, kine[:, :2], "series: 2 channels, the model takes 3"),
-             (video.astype(np.float32) * np.inf, kine, "clips: NaN or infinite values"),
-             (video, kine * np.inf, "series: infinite values"),
+             (video.astype(np.float32) * np.inf, kine, "clips: clip row 0 holds infinite values"),
+             (video, kine * np.inf, "series: series row 0 holds infinite values"),
              (video, np.full_like(kine, np.nan), "series: a series with no values")]
     for clips, series, message in cases:
         with pytest.raises(InputError, match=message):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, check_pair, load_checkpoint
-from .data.datasets import SeriesTransform, VideoTransform
+from .data.datasets import SeriesTransform, VideoTransform, check_finite
 from .errors import InputError
 from .models import DuST, VideoSwin, WeightsError
 
@@ -132,13 +132,10 @@ class Predictor:
                                               (series_source, kinematics, "channels", takes[1])):
             if array.shape[1] != channels:
                 raise InputError(f"{source}: {array.shape[1]} {what}, the model takes {channels}")
-        if np.issubdtype(video.dtype, np.floating) and not np.isfinite(video).all():
-            raise InputError(f"{video_source}: NaN or infinite values in the clips")
-        if np.issubdtype(kinematics.dtype, np.floating):
-            if np.isinf(kinematics).any():
-                raise InputError(f"{series_source}: infinite values in the series")
-            if np.isnan(kinematics).all(axis=(1, 2)).any():
-                raise InputError(f"{series_source}: a series with no values (all NaN)")
+        check_finite(video_source, video, "clip")
+        check_finite(series_source, kinematics, "series", nan_allowed=True)
+        if np.issubdtype(kinematics.dtype, np.floating) and np.isnan(kinematics).all(axis=(1, 2)).any():
+            raise InputError(f"{series_source}: a series with no values (all NaN)")
 
     def predict(self, video: np.ndarray | str | Path, kinematics: np.ndarray | str | Path) -> list[str]:
         """Predicted class names (see :meth:`predict_proba` for the inputs)."""

@@ -104,8 +104,6 @@ def evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.run) / f"report_{args.split}"
     if args.batch_size < 1:
         raise InputError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is a file, not a report folder")
     ensure_writable_folder(out, create=False)  # before the models run, not after
     reports = evaluate_run(args.run, args.split, out, batch_size=args.batch_size, progress=not args.no_progress)
     for name, report in reports.items():

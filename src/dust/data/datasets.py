@@ -27,6 +27,7 @@ __all__ = [
     "SeriesTransform",
     "VideoTransform",
     "as_float32",
+    "check_finite",
     "check_labels",
     "inverse_frequency_weights",
     "check_rows",
@@ -236,6 +237,21 @@ class ArrayRows(Dataset):
         for array in self.arrays:  # rows are copied by now: memory-mapped pages need not stay resident
             release_row(array, i)
         return items if self.labels is None else (*items, self.labels[i])
+
+
+def check_finite(name: str, array: np.ndarray, what: str, *, nan_allowed: bool = False) -> None:
+    """Refuse infinities (and NaN unless ``nan_allowed``) in a floating-point array of rows, naming ``name``
+    and the first bad row; read a block of rows at a time, so a memory-mapped file is never held whole."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    rows = max(1, (64 << 20) // max(1, array[0].nbytes))  # about 64 MiB read at once, whatever the file's size
+    for start in range(0, len(array), rows):
+        block = np.asarray(array[start:start + rows]).reshape(min(rows, len(array) - start), -1)
+        bad = np.isinf(block) if nan_allowed else ~np.isfinite(block)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            kind = "NaN" if np.isnan(block[row]).any() and not nan_allowed else "infinite"
+            raise InputError(f"{name}: {what} row {start + row} holds {kind} values")
 
 
 def check_rows(named: dict[str, np.ndarray]) -> int:

@@ -24,7 +24,7 @@ class RecomputedGeluMLP(nn.Sequential):
     recompute: bool = True
 
     @classmethod
-    def from_sequential(cls, mlp: nn.Sequential) -> "RecomputedGeluMLP":
+    def from_sequential(cls, mlp: nn.Sequential) -> RecomputedGeluMLP:
         """Wrap the five modules of ``mlp``, keeping their names (so checkpoints load unchanged)."""
         modules = OrderedDict(mlp.named_children())
         if len(modules) != 5 or not isinstance(list(modules.values())[1], nn.GELU):

@@ -29,6 +29,7 @@ from ..data.datasets import (
     SeriesTransform,
     VideoTransform,
     as_float32,
+    check_finite,
     check_labels,
     check_rows,
     inverse_frequency_weights,
@@ -137,22 +138,8 @@ def _read(path: str | Path, ndim: int, what: str, *, nan_allowed: bool = False) 
         raise InputError(f"{path}: {what} must be a {ndim}-D array, got shape {array.shape}")
     if len(array) == 0:
         raise InputError(f"{path}: no {what} rows (an empty split)")
-    _check_finite(path, array, what, nan_allowed)
+    check_finite(str(path), array, what, nan_allowed=nan_allowed)
     return array
-
-
-def _check_finite(path: str | Path, array: np.ndarray, what: str, nan_allowed: bool) -> None:
-    """Refuse infinities (and NaN unless ``nan_allowed``) in a floating-point array, a block of rows at a time."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    rows = max(1, (64 << 20) // max(1, array[0].nbytes))  # about 64 MiB read at once, whatever the file's size
-    for start in range(0, len(array), rows):
-        block = np.asarray(array[start:start + rows]).reshape(min(rows, len(array) - start), -1)
-        bad = np.isinf(block) if nan_allowed else ~np.isfinite(block)
-        if bad.any():
-            row = int(np.argmax(bad.any(axis=1)))
-            kind = "NaN" if np.isnan(block[row]).any() and not nan_allowed else "infinite"
-            raise InputError(f"{path}: {what} row {start + row} holds {kind} values")
 
 
 def _read_video(path: str | Path) -> np.ndarray:
