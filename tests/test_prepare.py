@@ -406,3 +406,13 @@ def test_two_workers_write_the_same_files_as_one(tmp_path):
     assert one == sorted(p.name for p in (tmp_path / "two").iterdir()) and "skipped.csv" in one
     for name in one:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_split_without_validation_rows_is_warned_about_and_refused_by_run(tmp_path, capsys):
+    rows = dataset(tmp_path, ["a", "b", "c"])  # one clip per class: none can go to val
+    out = tmp_path / "out"
+    assert prepare(write_manifest(tmp_path, rows), out) == 0
+    assert "no validation rows" in capsys.readouterr().err
+    assert not (out / "video_val.npy").exists()
+    assert main(["run", "--prepared", str(out), "--workdir", str(tmp_path / "run")]) == 2
+    assert f"{out}: no validation split (video_val.npy)" in capsys.readouterr().err

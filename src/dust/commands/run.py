@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if prepared is not None:
         if not (prepared / "video_train.npy").is_file():
             raise InputError(f"{prepared}: not a `dust prepare` output (video_train.npy is missing)")
+        if not (prepared / "video_val.npy").is_file():
+            raise InputError(f"{prepared}: no validation split (video_val.npy), which the training stages need; "
+                             f"prepare it again with rows split=val or more clips per class")
         stages = [s for s in stages if s != "gen-data"]
     workdir = Path(args.workdir)
     ensure_writable_folder(workdir)

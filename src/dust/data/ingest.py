@@ -717,6 +717,9 @@ def prepare(
             warn(f"skipping {problem}")
         if not any(plan.splits.values()):
             raise InputError(f"{manifest}: no usable rows ({len(plan.problems)} bad)")
+        if plan.splits["train"] and not plan.splits["val"]:
+            warn("no validation rows: the training stages need some (give rows split=val, or at least two "
+                 "clips per class with --val_fraction above 0)")
 
         temp = temp_sibling(out)  # hidden, beside `out`: renamed into place once complete
         try:
