@@ -27,13 +27,14 @@ def test_presets_yaml_is_the_preset_table(capsys):
     assert yaml.safe_load(capsys.readouterr().out) == list_presets()
 
 
-def test_unknown_flag_is_a_usage_error(capsys):
-    try:
-        code = main(["train-ts", "--no_such_flag"])
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == 2
-    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+def test_usage_errors_are_one_line_naming_the_help_to_read(capsys):
+    for argv, message in [(["train-ts", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+                          (["gen-data", "--n_train", "x"], "argument --n_train/--n-train: invalid int value: 'x'"),
+                          (["run", "--stages", "gen-data", "--n_train", "x"], "invalid int value: 'x'")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dust: error: ") and message in err and err.count("\n") == 0, err
+        assert err.endswith(f"(see `dust {argv[0] if argv[0] != 'run' else 'gen-data'} --help`)")
 
 
 def test_missing_input_file_is_one_clear_line(tmp_path, capsys):

@@ -118,11 +118,18 @@ def _config_value(path: str, action: argparse.Action, value: Any) -> Any:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its usage errors one line like every other input error (``dust: error: ...``, exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise InputError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dust`` argument parser with every registered subcommand."""
     from . import commands  # noqa: F401  (registers the subcommands)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dust", description="DuST: Dual Swin Transformer for video + time series.",
         epilog="environment: DUST_MALLOC=fast (default: glibc keeps freed buffers for reuse, faster steps), "
                "lean (large buffers go back to the system, less memory) or default (glibc's own settings)")
