@@ -153,7 +153,6 @@ class Predictor:
         return out
 
 
-
 def _device(spec: str | torch.device | None) -> torch.device:
     """``spec`` as a device this machine has (default: CUDA when available, else the CPU)."""
     if spec is None:

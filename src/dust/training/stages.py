@@ -646,6 +646,8 @@ def _read_features(path: Path, rows_like: Path, expected_rows: int) -> tuple[np.
         meta = json.loads(sidecar.read_text())
     except ValueError:
         raise InputError(f"{sidecar}: not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{sidecar}: not a feature sidecar (expected a JSON object)")
     if meta.get("feature_dim") not in (None, features.shape[1]):
         raise InputError(f"{path}: {features.shape[1]} wide, but {sidecar} records {meta['feature_dim']}")
     return features, meta.get("video_fingerprint")
