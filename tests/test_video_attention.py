@@ -10,6 +10,7 @@ import torch
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, SwinTransformer3d
 
 from dust.models import VideoSwin, count_parameters
+from dust.models import video_attention
 from dust.models.video_attention import WindowAttention3d, plan_windows
 
 MICRO = dict(embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=(2, 4, 4), drop_path_rate=0.0)
@@ -51,6 +52,37 @@ def test_matches_torchvision_attention(size, window, shift, train):
     torch.testing.assert_close(x_fast.grad, x_stock.grad, atol=1e-5, rtol=1e-5)
     for (name, p_fast), p_stock in zip(fast.named_parameters(), stock.parameters()):
         torch.testing.assert_close(p_fast.grad, p_stock.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def _bf16_run(module, x, grad, autocast):
+    module = copy.deepcopy(module)
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.float().backward(grad)
+    return [y.float(), x.grad, *(p.grad for p in module.parameters())]
+
+
+@pytest.mark.parametrize("size, window, shift", [CASES[1], CASES[2], CASES[5]])
+def test_bfloat16_training_is_as_close_as_torchvision(size, window, shift, monkeypatch):
+    """Under CPU bf16 autocast (``--precision bf16-mixed``) the fast path still trains, and its
+    outputs and gradients are as close to float32 as torchvision's own attention in bf16."""
+    stock, fast = _pair(size, window, shift, dim=32, heads=2)
+    x, grad = torch.randn(2, *size, 32), torch.randn(2, *size, 32)
+    truth = _bf16_run(stock, x, grad, autocast=False)
+    stock_bf16 = _bf16_run(stock, x, grad, autocast=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bf16 training left the CPU training path")
+
+    monkeypatch.setattr(video_attention, "_attend_sdpa", refuse)
+    fast_bf16 = _bf16_run(fast, x, grad, autocast=True)
+    assert fast_bf16[0].dtype == torch.float32 and x.dtype == torch.float32
+    for name, ours, theirs, exact in zip(["output", "input", *dict(fast.named_parameters())], fast_bf16, stock_bf16,
+                                         truth):
+        ours_err = ((ours.float() - exact).norm() / exact.norm()).item()
+        their_err = ((theirs.float() - exact).norm() / exact.norm()).item()
+        assert ours_err <= 1.5 * their_err + 1e-4 and ours_err < 0.02, (name, ours_err, their_err)
 
 
 @pytest.mark.parametrize("size, window, shift", CASES[:3])

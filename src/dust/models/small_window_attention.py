@@ -27,8 +27,9 @@ def _split_heads(rows: Tensor, windows: int, heads: int) -> Tensor:
 
 
 def _probabilities(q: Tensor, k: Tensor, mask: Tensor, scale: float, batch: int) -> Tensor:
-    """``softmax(q kᵀ · scale + mask)`` as ``exp(s - max) / sum``, computed in place on the scores."""
-    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)
+    """``softmax(q kᵀ · scale + mask)`` as ``exp(s - max) / sum``, computed in place on the scores, in float32
+    whatever the dtype of ``q`` and ``k`` (bfloat16 under autocast)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(scale)
     scores.view(batch, -1, *scores.shape[1:]).add_(mask)  # (B, nW, h, N, N) + mask
     probs = scores.sub_(scores.amax(-1, keepdim=True)).exp_()
     return probs.div_(probs.sum(-1, keepdim=True))
@@ -47,7 +48,7 @@ class _SmallWindowAttention(torch.autograd.Function):
         probs = _probabilities(qkv[0], qkv[1], mask, scale, batch)
         ctx.save_for_backward(qkv, probs)
         ctx.setup = (batch, windows, heads, scale, mask.shape)
-        return _merge_heads(torch.matmul(probs, qkv[2]))
+        return _merge_heads(torch.matmul(probs.to(qkv.dtype), qkv[2]))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -56,14 +57,15 @@ class _SmallWindowAttention(torch.autograd.Function):
         q, k, v = qkv
         grad_out = grad_out.view(windows, -1, heads, q.shape[-1]).transpose(1, 2).contiguous()  # (W, h, N, d)
         grad_qkv = torch.empty_like(qkv)
-        torch.matmul(probs.transpose(-2, -1), grad_out, out=grad_qkv[2])
-        grad_scores = torch.matmul(grad_out, v.transpose(-2, -1))  # dP ...
+        # Products in the rows' dtype, the softmax backward in float32 (no-op conversions for float32 rows).
+        torch.matmul(probs.to(qkv.dtype).transpose(-2, -1), grad_out, out=grad_qkv[2])
+        grad_scores = torch.matmul(grad_out, v.transpose(-2, -1)).float()  # dP ...
         row_term = (grad_scores * probs).sum(-1, keepdim=True)
         grad_scores = grad_scores.sub_(row_term).mul_(probs)  # ... -> dS = P (dP - rowsum(dP P))
         grad_mask = None
         if ctx.needs_input_grad[1]:  # grad_scores itself when nothing broadcast: copy before scaling it
             grad_mask = grad_scores.view(batch, -1, *grad_scores.shape[1:]).sum_to_size(mask_shape).clone()
-        grad_scores = grad_scores.mul_(scale)
+        grad_scores = grad_scores.mul_(scale).to(qkv.dtype)
         torch.matmul(grad_scores, k, out=grad_qkv[0])
         torch.matmul(grad_scores.transpose(-2, -1), q, out=grad_qkv[1])
         grad_rows = grad_qkv.permute(1, 3, 0, 2, 4).reshape(-1, 3 * heads * q.shape[-1])
@@ -83,5 +85,5 @@ def small_window_attention(rows: Tensor, mask: Tensor, batch: int, heads: int, s
     windows = rows.shape[0] // mask.shape[-1]  # B * nW
     if not torch.is_grad_enabled() or not (rows.requires_grad or mask.requires_grad):
         qkv = _split_heads(rows, windows, heads)
-        return _merge_heads(torch.matmul(_probabilities(qkv[0], qkv[1], mask, scale, batch), qkv[2]))
+        return _merge_heads(torch.matmul(_probabilities(qkv[0], qkv[1], mask, scale, batch).to(qkv.dtype), qkv[2]))
     return _SmallWindowAttention.apply(rows, mask, batch, windows, heads, scale)

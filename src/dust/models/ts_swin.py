@@ -356,7 +356,7 @@ class ShiftedWindowAttention1d(nn.Module):
         qkv = self.qkv(x).reshape(batch * length, 3 * dim)
         fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * dim)
         rows = to_windows(qkv, fill, gather)  # (B * Lp, 3D): padded, rolled left by the shift, in windows
-        mask = self._attention_mask(length, valid, rows.dtype)
+        mask = self._attention_mask(length, valid, torch.promote_types(rows.dtype, torch.float32))  # softmax dtype
         out = small_window_attention(rows, mask, batch, self.num_heads, (dim // self.num_heads) ** -0.5)
         out = to_tokens(out, gather)  # (B * L, D): back in place, padding dropped
         return self.proj_drop(self.proj(out)).view(batch, length, dim)

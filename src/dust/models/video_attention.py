@@ -19,7 +19,8 @@ outputs, less work. What it does differently:
   mask, built once per (shape, device) and cached.
 - **Training on CPU.** PyTorch's CPU flash kernel cannot give the gradient of the
   mask, and the bias table must learn; :class:`_WindowAttentionCPU` runs the fused kernel
-  forward (nothing of size ``N x N`` is kept) and recomputes the scores in backward.
+  forward (nothing of size ``N x N`` is kept) and recomputes the scores in backward. It
+  trains in float32 and in bfloat16 autocast (products in bfloat16, softmax in float32).
 
 Shapes: ``B`` batch, ``(T, H, W)`` tokens, ``C`` channels, ``N`` tokens per window,
 ``h`` heads, ``d = C / h``.
@@ -137,6 +138,10 @@ def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size:
 # resolution.
 _EXP_FLOOR = -30.0
 
+# Row dtypes :class:`_WindowAttentionCPU` trains in: float32, and bfloat16 under CPU autocast
+# (``--precision bf16-mixed``), whose products run on the CPU's bfloat16 units where it has them.
+_CPU_TRAINING_DTYPES = (torch.float32, torch.bfloat16)
+
 
 def _groups(rows: Tensor, batch: int, counts: tuple[int, int], n_tok: int, heads: int
             ) -> list[tuple[int, Tensor, Tensor, Tensor]]:
@@ -211,6 +216,9 @@ class _WindowAttentionCPU(torch.autograd.Function):
         grad_rows = torch.empty_like(rows)
         grad_bias = torch.zeros_like(bias)
         grad_groups = _groups(grad_rows, batch, counts, n_tok, heads)
+        # Products run in the rows' dtype (bfloat16 under autocast); the softmax arithmetic, the
+        # row term and the bias gradient in float32. For float32 rows every conversion is a no-op.
+        low = rows.dtype
         start = 0
         for (group, q, k, v), (_, grad_q, grad_k, grad_v), lse in zip(_groups(rows, batch, counts, n_tok, heads),
                                                                    grad_groups, lses):
@@ -220,17 +228,18 @@ class _WindowAttentionCPU(torch.autograd.Function):
             go = grad_out[span].view(batch, count, n_tok, heads, -1).transpose(2, 3)
             start += batch * count * n_tok
             # D = rowsum(dO * O), the softmax backward's row term, from small tensors.
-            row_term = (go * o).sum(-1, keepdim=True)  # (B, n, h, N, 1)
+            row_term = (go.float() * o.float()).sum(-1, keepdim=True)  # (B, n, h, N, 1)
             mask = masks[group]
             for i in range(batch):
                 q_scaled, k_scaled = q[i] * scale, k[i] * scale  # (n, h, N, d): scale the small operands
-                probs = torch.matmul(q_scaled, k[i].transpose(-2, -1))  # (n, h, N, N) scores ...
+                probs = torch.matmul(q_scaled, k[i].transpose(-2, -1)).float()  # (n, h, N, N) scores ...
                 probs = F.threshold_(probs.add_(mask).sub_(lse[i]), _EXP_FLOOR, -math.inf).exp_()  # ... -> P
-                grad_v[i].copy_(torch.matmul(probs.transpose(-2, -1), go[i]))
-                grad_scores = torch.matmul(go[i], v[i].transpose(-2, -1))  # dP ...
+                grad_v[i].copy_(torch.matmul(probs.to(low).transpose(-2, -1), go[i]))
+                grad_scores = torch.matmul(go[i], v[i].transpose(-2, -1)).float()  # dP ...
                 grad_scores = grad_scores.sub_(row_term[i]).mul_(probs)  # ... -> dS = P (dP - D)
                 del probs
                 grad_bias += grad_scores.sum(0)
+                grad_scores = grad_scores.to(low)
                 grad_q[i].copy_(torch.matmul(grad_scores, k_scaled))
                 grad_k[i].copy_(torch.matmul(grad_scores.transpose(-2, -1), q_scaled))
         return grad_rows, grad_bias, None, None, None, None, None
@@ -318,8 +327,8 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         counts = (plan.num_interior, plan.num_border)
         scale = (c // heads) ** -0.5
         dropout = self.attention_dropout if self.training else 0.0
-        if (x.device.type == "cpu" and rows.dtype == torch.float32 and bias.requires_grad and torch.is_grad_enabled()
-                and not dropout):
+        if (x.device.type == "cpu" and rows.dtype in _CPU_TRAINING_DTYPES and bias.requires_grad
+                and torch.is_grad_enabled() and not dropout):
             out = _WindowAttentionCPU.apply(rows, bias, shift_mask, b, counts, heads, scale)
         else:
             out = _attend_sdpa(rows, bias, shift_mask, b, counts, heads, scale, dropout)  # (B*windows*N, C)

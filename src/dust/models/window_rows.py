@@ -55,7 +55,8 @@ class _ToWindows(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         pad, inverse = ctx.saved_tensors
         grad_rows = grad.index_select(0, inverse)
-        grad_fill = grad.index_select(0, pad).sum(0) if ctx.fill_needs_grad else None
+        grad_fill = (grad.index_select(0, pad).sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+                     if ctx.fill_needs_grad else None)
         return grad_rows, grad_fill, None, None, None
 
 
