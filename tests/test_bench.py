@@ -117,3 +117,38 @@ def test_bench_checks_its_output_paths_before_measuring(tmp_path, capsys):
         assert main(["bench", "--quick", *flags]) == 2  # at once: a run would take minutes
         err = capsys.readouterr()
         assert message in err.err and "..." not in err.err  # no benchmark started
+
+
+def _bf16_suite(monkeypatch, bf16_peak: float):
+    """`_cpu_bf16_rows` at toy sizes, with a yardstick of our choosing; returns (rows, the float32 rows)."""
+    import dust.benchmarking.suite as suite
+
+    def toy_ts(env, peak, **kwargs):
+        assert env.autocast == torch.bfloat16
+        return bench_ts(env, peak, preset="nano", batch=4, length=13)
+
+    def toy_video(env, peak, **kwargs):
+        return bench_video(env, peak, preset="nano", clip=(4, 32, 32), batch=1)
+
+    monkeypatch.setattr(suite, "matmul_peak", lambda device, dtype: bf16_peak)
+    monkeypatch.setattr(suite, "bench_ts", toy_ts)
+    monkeypatch.setattr(suite, "bench_video", toy_video)
+    fp32 = bench_ts(ENV, peak=100.0, preset="nano", batch=4, length=13)
+    config = suite.SuiteConfig(quick=True, video=(("nano", (4, 32, 32), 1),))
+    rows, peaks = suite._cpu_bf16_rows(config, ENV, 100.0, fp32, lambda message: None)
+    return rows, fp32, peaks
+
+
+def test_bf16_rows_are_judged_by_the_bf16_yardstick(monkeypatch):
+    rows, fp32, peaks = _bf16_suite(monkeypatch, bf16_peak=600.0)
+    assert [r.workload for r in rows] == ["matmul peak", "ts train", "ts infer", "video train", "video infer"]
+    assert rows[0].mode == "bfloat16" and rows[0].note == "6.0x the float32 yardstick" and peaks == [600.0, 600.0]
+    for row in rows[1:]:
+        assert row.mode.endswith(", bf16") and row.peak_fraction == row.gflops / 600.0
+    speedup = fp32[0].seconds_per_step / rows[1].seconds_per_step
+    assert rows[1].note.startswith(f"{speedup:.1f}x the float32 row")
+
+
+def test_bf16_rows_are_skipped_without_native_bf16_products(monkeypatch):
+    rows, _, _ = _bf16_suite(monkeypatch, bf16_peak=120.0)
+    assert len(rows) == 1 and "no native bfloat16 products, bf16 rows skipped" in rows[0].note

@@ -35,6 +35,7 @@ def _child(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-batches", type=int, default=0, help="stop the epoch after this many batches")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute Swin blocks in backward")
+    parser.add_argument("--precision", default="32-true", help="Lightning's precision, as --precision")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
     configure_malloc()  # as the `dust` command does (the parent sets DUST_MALLOC)
@@ -56,7 +57,7 @@ def _child(argv: list[str] | None = None) -> None:
 
         lightning.Trainer = limited  # type: ignore[misc]
     settings = TrainSettings(outpath=args.work / "ckpt", logpath=args.work / "logs", batch_size=args.batch_size,
-                             num_epochs=1, print_every=1, progress=False)
+                             num_epochs=1, print_every=1, progress=False, precision=args.precision)
     start = time.perf_counter()
     train_video(settings, path_video_train=args.data / "video_train.npy", path_video_val=args.data / "video_val.npy",
                 path_label_train=args.data / "label_train.npy", path_label_val=args.data / "label_val.npy",
@@ -68,10 +69,11 @@ def _child(argv: list[str] | None = None) -> None:
 def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batches: int = 0,
                         n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
                         workdir: Path | None = None, grad_checkpointing: bool = False,
-                        malloc: str = "fast") -> dict[str, Any]:
+                        malloc: str = "fast", precision: str = "32-true") -> dict[str, Any]:
     """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time.
 
-    ``malloc`` is the child's ``DUST_MALLOC`` (see :func:`dust.allocator.configure_malloc`).
+    ``malloc`` is the child's ``DUST_MALLOC`` (see :func:`dust.allocator.configure_malloc`),
+    ``precision`` its ``--precision``.
     """
     import torch
 
@@ -88,7 +90,7 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         report = root / "report.json"
         cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(root / "work"),
                "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
-               "--threads", str(threads), "--report", str(report),
+               "--threads", str(threads), "--report", str(report), "--precision", precision,
                *(["--grad-checkpointing"] if grad_checkpointing else [])]
         log = root / "child.log"  # a file, not a pipe: a chatty child must not block on a full pipe
         with open(log, "wb") as sink:
@@ -117,6 +119,7 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         "n_train": n_train,
         "grad_checkpointing": grad_checkpointing,
         "malloc": malloc,
+        "precision": precision,
     }
 
 

@@ -4,7 +4,8 @@ Rows, in order: the matrix-multiply yardstick; the time-series model (training s
 ceiling, inference); the video model, paper and nano presets at a few clip sizes (the first
 with its training step's ceiling); the nano model's
 training step at the seed's clip size next to the data loader alone and stage-3 feature
-extraction; the peak memory of a stage-1 epoch on seed-size toy data. ``--quick`` trims
+extraction (on a CPU with native bfloat16 products, the time-series model and the first video
+row also under bf16 autocast, after a bfloat16 yardstick); the peak memory of a stage-1 epoch on seed-size toy data. ``--quick`` trims
 sizes and repeats so the whole run stays within a few minutes on a 2-core CPU.
 """
 
@@ -40,9 +41,15 @@ class SuiteConfig:
     loader_clips: int = 8
     feature_clips: int = 4
     memory_limit_batches: int = 0  # 0: the whole epoch
+    memory_runs: tuple[tuple[str, bool, str], ...] = (("fast", False, "32-true"), ("lean", False, "32-true"),
+                                                      ("lean", True, "32-true"))
+    """Stage-1 memory epochs: (``DUST_MALLOC``, ``--grad_checkpointing``, ``--precision``)."""
     repeats: int = 3
     compile: frozenset[str] = frozenset()
     """Rows whose training step is also timed under ``torch.compile`` (the faster is kept): ``"ts"``, ``"nano"``."""
+    cpu_bf16: bool = True
+    """On a CPU that multiplies bfloat16 natively, also time the time-series model and the first video
+    row under bf16 autocast (``--precision bf16-mixed``), judged by a bfloat16 yardstick."""
 
     @classmethod
     def quick_config(cls, compile: bool | None = None) -> SuiteConfig:
@@ -61,6 +68,7 @@ class SuiteConfig:
                                        ("paper", (16, 112, 112), 2), ("nano", (16, 64, 64), 8),
                                        ("nano", (16, 112, 112), 8)), compared=(0, 1),
                    loader_clips=30, feature_clips=10, memory_limit_batches=0, repeats=5,
+                   memory_runs=(*cls.memory_runs, ("fast", False, "bf16-mixed")),
                    compile=_compiled_rows(compile, default={"ts", "nano"}))
 
 
@@ -106,6 +114,11 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         if i in config.compared:  # the same with torchvision's own window attention: the before figure
             say(f"video {preset} {clip} x{batch}, torchvision attention")
             rows += bench_video(env, peak, preset=preset, clip=clip, batch=batch, attention="reference")
+    bf16_peaks: list[float] = []
+    if device.type == "cpu" and config.cpu_bf16:
+        say("bf16 autocast on the CPU")
+        bf16_rows, bf16_peaks = _cpu_bf16_rows(config, env, peak, rows, say)
+        rows += bf16_rows
 
     peaks.append(matmul_peak(device, peak_dtype))
     say("nano at the seed clip size, loader, features")
@@ -117,13 +130,16 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                               workdir=workdir)
     rows += seed + [loader, features]
 
-    for malloc, checkpointing in (("fast", False), ("lean", False), ("lean", True)):
-        say(f"stage-1 epoch memory, DUST_MALLOC={malloc}" + (", --grad_checkpointing" if checkpointing else ""))
+    for malloc, checkpointing, precision in config.memory_runs:
+        flags = (", --grad_checkpointing" if checkpointing else "") + (
+            f", --precision {precision}" if precision != "32-true" else "")
+        say(f"stage-1 epoch memory, DUST_MALLOC={malloc}{flags}")
         memory = stage1_epoch_memory(limit_batches=config.memory_limit_batches, workdir=workdir,
-                                     grad_checkpointing=checkpointing, malloc=malloc)
+                                     grad_checkpointing=checkpointing, malloc=malloc, precision=precision)
         scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
         rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
-                        f"{malloc} malloc" + (", grad ckpt" if checkpointing else ""),
+                        f"{malloc} malloc" + (", grad ckpt" if checkpointing else "")
+                        + (f", {precision}" if precision != "32-true" else ""),
                         note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
                              f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
                              f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
@@ -135,12 +151,13 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         peak = max(peaks)
         rows[0].gflops = peak
         for row in rows[1:]:
-            if row.gflops is not None:
+            if row.gflops is not None and not row.extra.get("bf16_yardstick"):
                 row.peak_fraction = row.gflops / peak
     return {
         "rows": [row.as_dict() for row in rows],
         "peak_gflops": peak,
         "peak_gflops_samples": peaks,
+        "bf16_peak_gflops_samples": bf16_peaks,
         "device": str(device),
         "autocast": str(autocast) if autocast else None,
         "threads": torch.get_num_threads(),
@@ -153,6 +170,47 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         "compile": sorted(config.compile),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _cpu_bf16_rows(config: SuiteConfig, env: Env, fp32_peak: float, fp32_rows: list[Row],
+                   say: Callable[[str], None]) -> tuple[list[Row], list[float]]:
+    """The time-series model and the first video row again under bf16 autocast, after a bfloat16 yardstick.
+
+    Skipped, with a row saying so, where bfloat16 products are not at least 1.5x faster than
+    float32 ones (no native bfloat16 units: PyTorch then converts and gains nothing). Each row's
+    ``% peak`` is against the bfloat16 yardstick; its note gives the speed-up over the float32 row.
+    """
+    device = env.device
+    peaks = [matmul_peak(device, torch.bfloat16)]
+    yardstick = Row("matmul peak", "torch.mm", "2048x2048", None, "bfloat16", gflops=peaks[0], peak_fraction=1.0,
+                    extra={"bf16_yardstick": True})
+    if peaks[0] < 1.5 * fp32_peak:
+        yardstick.note = (f"{peaks[0] / fp32_peak:.1f}x the float32 yardstick: no native bfloat16 products, "
+                          "bf16 rows skipped")
+        return [yardstick], peaks
+    yardstick.note = f"{peaks[0] / fp32_peak:.1f}x the float32 yardstick"
+    bf16 = Env(device, torch.bfloat16, repeats=env.repeats, warmup=env.warmup)
+    say(f"time-series model, batch {config.ts_batch}, bf16 autocast")
+    rows = bench_ts(bf16, peaks[0], batch=config.ts_batch)
+    if config.video:
+        peaks.append(matmul_peak(device, torch.bfloat16))
+        preset, clip, batch = config.video[0]
+        say(f"video {preset} {clip} x{batch}, bf16 autocast")
+        rows += bench_video(bf16, peaks[0], preset=preset, clip=clip, batch=batch)
+    best = max(peaks)
+    yardstick.gflops = best
+    same: dict[tuple, Row] = {}
+    for r in fp32_rows:  # the first row of a kind: the fast path's (the before figures follow it)
+        same.setdefault((r.workload, r.model, r.input, r.batch), r)
+    for row in rows:
+        row.peak_fraction = row.gflops / best if row.gflops is not None else None
+        row.mode = f"{row.mode}, bf16"
+        row.extra["bf16_yardstick"] = True
+        fp32 = same.get((row.workload, row.model, row.input, row.batch))
+        if fp32 is not None and fp32.seconds_per_step and row.seconds_per_step:
+            speedup = f"{fp32.seconds_per_step / row.seconds_per_step:.1f}x the float32 row"
+            row.note = f"{speedup}; {row.note}" if row.note else speedup
+    return [yardstick, *rows], peaks
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -181,6 +239,12 @@ def format_table(result: dict[str, Any]) -> str:
     footer = [
         (f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {precision}; "
          f"peak = best torch.mm of the run (samples: {samples} GFLOP/s)"),
+    ]
+    if result.get("bf16_peak_gflops_samples"):
+        samples = ", ".join(f"{p:.0f}" for p in result["bf16_peak_gflops_samples"])
+        footer.append(f"rows with mode '..., bf16': bf16 autocast, % of the best bfloat16 torch.mm "
+                      f"(samples: {samples} GFLOP/s)")
+    footer += [
         ("FLOPs: torch.utils.flop_counter on the model with its plain window attention (padding projected: work the "
          "fused paths skip counts as done), forward + backward for train (optimizer step not counted), forward for infer"),
     ]
