@@ -22,7 +22,8 @@ def _devices_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     add_flag(group, "devices", default="1", help="devices per node: a count, auto, or a list like 0,1 (default: 1)")
     add_flag(group, "num_nodes", type=int, default=1, help="machines (default: %(default)s)")
     add_flag(group, "strategy", default="auto", help="auto, ddp, fsdp, ... (default: %(default)s)")
-    add_flag(group, "precision", default="32-true", help="32-true, bf16-mixed or 16-mixed (default: %(default)s)")
+    add_flag(group, "precision", default="32-true",
+             help="32-true, bf16-mixed (GPUs; CPUs with bf16 units) or 16-mixed (default: %(default)s)")
     return group
 
 
