@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..allocator import configure_malloc
 from .measure import proc_status
 
-__all__ = ["stage1_epoch_memory"]
+__all__ = ["MemoryRun", "stage1_epoch_memory"]
 
 
 def _child(argv: list[str] | None = None) -> None:
@@ -66,14 +68,27 @@ def _child(argv: list[str] | None = None) -> None:
                                        "seconds": time.perf_counter() - start}))
 
 
-def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batches: int = 0,
-                        n_train: int = 30, n_val: int = 10, clip: tuple[int, int, int] = (77, 224, 224),
-                        workdir: Path | None = None, grad_checkpointing: bool = False,
-                        malloc: str = "fast", precision: str = "32-true") -> dict[str, Any]:
-    """Run one stage-1 epoch on toy ``.npy`` data in a child process; its peak memory in bytes and its time.
+@dataclass(frozen=True)
+class MemoryRun:
+    """One stage-1 epoch's settings: the child's ``DUST_MALLOC``, ``--grad_checkpointing`` and ``--precision``."""
 
-    ``malloc`` is the child's ``DUST_MALLOC`` (see :func:`dust.allocator.configure_malloc`),
-    ``precision`` its ``--precision``.
+    malloc: str = "fast"
+    grad_checkpointing: bool = False
+    precision: str = "32-true"
+
+    def label(self) -> str:
+        return f"{self.malloc} malloc" + (", grad ckpt" if self.grad_checkpointing else "") + (
+            f", {self.precision}" if self.precision != "32-true" else "")
+
+
+def stage1_epoch_memory(runs: Sequence[MemoryRun] = (MemoryRun(),), *, preset: str = "nano", batch_size: int = 1,
+                        limit_batches: int = 0, n_train: int = 30, n_val: int = 10,
+                        clip: tuple[int, int, int] = (77, 224, 224), workdir: Path | None = None,
+                        progress: Callable[[MemoryRun], None] | None = None) -> Iterator[dict[str, Any]]:
+    """One stage-1 epoch per run, each in a child process, on toy ``.npy`` data generated once.
+
+    Yields each run's peak memory in bytes and its time as it ends; ``progress`` is called as
+    each starts. See :func:`dust.allocator.configure_malloc` for ``DUST_MALLOC``.
     """
     import torch
 
@@ -87,40 +102,49 @@ def stage1_epoch_memory(*, preset: str = "nano", batch_size: int = 1, limit_batc
         generate_toy_data(root / "data", n_train=n_train, n_val=n_val, num_frames=clip[0], height=clip[1],
                           width=clip[2], fmt="npy", progress=False)
         generate_s = time.perf_counter() - t0
-        report = root / "report.json"
-        cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(root / "work"),
-               "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
-               "--threads", str(threads), "--report", str(report), "--precision", precision,
-               *(["--grad-checkpointing"] if grad_checkpointing else [])]
-        log = root / "child.log"  # a file, not a pipe: a chatty child must not block on a full pipe
-        with open(log, "wb") as sink:
-            child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "DUST_MALLOC": malloc})
-            peak_rss = peak_anon = 0
-            while child.poll() is None:
-                status = proc_status(child.pid)
-                peak_rss = max(peak_rss, status.get("VmRSS", 0))
-                peak_anon = max(peak_anon, status.get("RssAnon", 0))
-                time.sleep(0.02)
-        output = log.read_text(errors="replace")
-        if child.returncode != 0 or not report.is_file():
-            raise RuntimeError(f"stage-1 memory run failed ({child.returncode}):\n{output[-2000:]}")
-        result = json.loads(report.read_text())
-    status = result["status"]
-    return {
-        "peak_rss": max(peak_rss, status.get("VmHWM", 0)),
-        "peak_anon": peak_anon,
-        "rss_after_imports": result["after_imports"].get("VmRSS", 0),
-        "dataset_uint8": n_train * 3 * clip[0] * clip[1] * clip[2],
-        "epoch_seconds": result["seconds"],
-        "generate_seconds": generate_s,
-        "batches": limit_batches or -(-n_train // batch_size),
-        "batch_size": batch_size,
-        "n_train": n_train,
-        "grad_checkpointing": grad_checkpointing,
-        "malloc": malloc,
-        "precision": precision,
-    }
+        for i, run in enumerate(runs):
+            if progress is not None:
+                progress(run)
+            result, peak_rss, peak_anon = _run_child(root, i, run, preset=preset, batch_size=batch_size,
+                                                     limit_batches=limit_batches, threads=threads)
+            status = result["status"]
+            yield {
+                "peak_rss": max(peak_rss, status.get("VmHWM", 0)),
+                "peak_anon": peak_anon,
+                "rss_after_imports": result["after_imports"].get("VmRSS", 0),
+                "dataset_uint8": n_train * 3 * clip[0] * clip[1] * clip[2],
+                "epoch_seconds": result["seconds"],
+                "generate_seconds": generate_s,
+                "batches": limit_batches or -(-n_train // batch_size),
+                "batch_size": batch_size,
+                "n_train": n_train,
+                "grad_checkpointing": run.grad_checkpointing,
+                "malloc": run.malloc,
+                "precision": run.precision,
+            }
+
+
+def _run_child(root: Path, index: int, run: MemoryRun, *, preset: str, batch_size: int, limit_batches: int,
+               threads: int) -> tuple[dict[str, Any], int, int]:
+    """One epoch in a child process, its resident set sampled while it runs: (its report, peak RSS, peak anonymous)."""
+    report, work, log = root / f"report{index}.json", root / f"work{index}", root / f"child{index}.log"
+    cmd = [sys.executable, "-m", "dust.benchmarking.memory", str(root / "data"), str(work),
+           "--preset", preset, "--batch-size", str(batch_size), "--limit-batches", str(limit_batches),
+           "--threads", str(threads), "--report", str(report), "--precision", run.precision,
+           *(["--grad-checkpointing"] if run.grad_checkpointing else [])]
+    with open(log, "wb") as sink:  # a file, not a pipe: a chatty child must not block on a full pipe
+        child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "DUST_MALLOC": run.malloc})
+        peak_rss = peak_anon = 0
+        while child.poll() is None:
+            status = proc_status(child.pid)
+            peak_rss = max(peak_rss, status.get("VmRSS", 0))
+            peak_anon = max(peak_anon, status.get("RssAnon", 0))
+            time.sleep(0.02)
+    output = log.read_text(errors="replace")
+    if child.returncode != 0 or not report.is_file():
+        raise RuntimeError(f"stage-1 memory run failed ({child.returncode}):\n{output[-2000:]}")
+    return json.loads(report.read_text()), peak_rss, peak_anon
 
 
 if __name__ == "__main__":

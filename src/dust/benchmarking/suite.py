@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import torch
 
 from .measure import load_average, matmul_peak
+from .memory import MemoryRun, stage1_epoch_memory
 from .workloads import Env, Row, bench_features, bench_loader, bench_ts, bench_video
 
 __all__ = ["SuiteConfig", "format_table", "run_suite"]
@@ -41,9 +42,8 @@ class SuiteConfig:
     loader_clips: int = 8
     feature_clips: int = 4
     memory_limit_batches: int = 0  # 0: the whole epoch
-    memory_runs: tuple[tuple[str, bool, str], ...] = (("fast", False, "32-true"), ("lean", False, "32-true"),
-                                                      ("lean", True, "32-true"))
-    """Stage-1 memory epochs: (``DUST_MALLOC``, ``--grad_checkpointing``, ``--precision``)."""
+    memory_runs: tuple[MemoryRun, ...] = (MemoryRun("fast"), MemoryRun("lean"), MemoryRun("lean", True))
+    """Stage-1 memory epochs, on one set of toy data."""
     repeats: int = 3
     compile: frozenset[str] = frozenset()
     """Rows whose training step is also timed under ``torch.compile`` (the faster is kept): ``"ts"``, ``"nano"``."""
@@ -68,7 +68,7 @@ class SuiteConfig:
                                        ("paper", (16, 112, 112), 2), ("nano", (16, 64, 64), 8),
                                        ("nano", (16, 112, 112), 8)), compared=(0, 1),
                    loader_clips=30, feature_clips=10, memory_limit_batches=0, repeats=5,
-                   memory_runs=(*cls.memory_runs, ("fast", False, "bf16-mixed")),
+                   memory_runs=(*cls.memory_runs, MemoryRun("fast", precision="bf16-mixed")),
                    compile=_compiled_rows(compile, default={"ts", "nano"}))
 
 
@@ -89,8 +89,6 @@ def _device() -> tuple[torch.device, torch.dtype | None, torch.dtype]:
 def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Callable[[str], None] | None = None,
               workdir: Path | None = None) -> dict[str, Any]:
     """Run every workload of ``config``; returns the figures (also what ``--json`` writes)."""
-    from .memory import stage1_epoch_memory
-
     say = progress or (lambda message: None)
     start = time.perf_counter()
     device, autocast, peak_dtype = _device()
@@ -130,16 +128,12 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                               workdir=workdir)
     rows += seed + [loader, features]
 
-    for malloc, checkpointing, precision in config.memory_runs:
-        flags = (", --grad_checkpointing" if checkpointing else "") + (
-            f", --precision {precision}" if precision != "32-true" else "")
-        say(f"stage-1 epoch memory, DUST_MALLOC={malloc}{flags}")
-        memory = stage1_epoch_memory(limit_batches=config.memory_limit_batches, workdir=workdir,
-                                     grad_checkpointing=checkpointing, malloc=malloc, precision=precision)
+    epochs = stage1_epoch_memory(config.memory_runs, limit_batches=config.memory_limit_batches, workdir=workdir,
+                                 progress=lambda run: say(f"stage-1 epoch memory, {run.label()}"))
+    for run, memory in zip(config.memory_runs, epochs):
         scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
         rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
-                        f"{malloc} malloc" + (", grad ckpt" if checkpointing else "")
-                        + (f", {precision}" if precision != "32-true" else ""),
+                        run.label(),
                         note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
                              f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
                              f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
