@@ -134,6 +134,7 @@ def _bf16_suite(monkeypatch, bf16_peak: float):
     monkeypatch.setattr(suite, "bench_ts", toy_ts)
     monkeypatch.setattr(suite, "bench_video", toy_video)
     fp32 = bench_ts(ENV, peak=100.0, preset="nano", batch=4, length=13)
+    fp32[0].extra["eager_s"] = 2 * fp32[0].seconds_per_step  # as if a compiled step had been twice as fast
     config = suite.SuiteConfig(quick=True, video=(("nano", (4, 32, 32), 1),))
     rows, peaks = suite._cpu_bf16_rows(config, ENV, 100.0, fp32, lambda message: None)
     return rows, fp32, peaks
@@ -145,8 +146,9 @@ def test_bf16_rows_are_judged_by_the_bf16_yardstick(monkeypatch):
     assert rows[0].mode == "bfloat16" and rows[0].note == "6.0x the float32 yardstick" and peaks == [600.0, 600.0]
     for row in rows[1:]:
         assert row.mode.endswith(", bf16") and row.peak_fraction == row.gflops / 600.0
-    speedup = fp32[0].seconds_per_step / rows[1].seconds_per_step
-    assert rows[1].note.startswith(f"{speedup:.1f}x the float32 row")
+    speedup = fp32[0].extra["eager_s"] / rows[1].seconds_per_step  # bf16 runs eager: against the eager step
+    assert rows[1].note.startswith(f"{speedup:.1f}x the float32 eager row")
+    assert all(r.extra["peak_dtype"] == "bfloat16" for r in rows)
 
 
 def test_bf16_rows_are_skipped_without_native_bf16_products(monkeypatch):

@@ -46,3 +46,34 @@ def test_matches_scaled_dot_product_attention(which):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
     with torch.no_grad():
         torch.testing.assert_close(small_window_attention(rows, mask, batch, heads, d**-0.5), ours[0])
+
+
+def test_bfloat16_rows_keep_the_softmax_in_float32():
+    """Rows in bf16 (the time-series model under ``--precision bf16-mixed``) with a float32 mask:
+    outputs and gradients as close to float64 as PyTorch's attention gets in bf16, or closer."""
+    torch.manual_seed(0)
+    batch, windows, heads, n, d = 16, 4, 2, 8, 16
+    mask = _masks(batch, windows, heads, n)["bias+shift"] * 2
+    rows = 1.5 * torch.randn(batch * windows * n, 3 * heads * d)
+    grad_out = torch.randn(batch * windows * n, heads * d)
+
+    def sdpa(rows, mask):
+        q, k, v = rows.view(batch, windows, n, 3, heads, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        return out.transpose(2, 3).reshape(-1, heads * d)
+
+    def run(fn, dtype, mask_dtype):
+        leaves = [rows.to(dtype, copy=True).requires_grad_(), mask.to(mask_dtype, copy=True).requires_grad_()]
+        out = fn(*leaves)
+        out.backward(grad_out.to(dtype))
+        return [out.detach()] + [leaf.grad for leaf in leaves]
+
+    ours = run(lambda r, m: small_window_attention(r, m, batch, heads, d**-0.5), torch.bfloat16, torch.float32)
+    assert [t.dtype for t in ours] == [torch.bfloat16, torch.bfloat16, torch.float32]
+    theirs = run(lambda r, m: sdpa(r, m.detach()), torch.bfloat16, torch.float32)  # no mask gradient there
+    exact = run(lambda r, m: small_window_attention(r, m, batch, heads, d**-0.5), torch.float64, torch.float64)
+    errors = [((a.double() - t).norm() / t.norm()).item() for a, t in zip(ours, exact)]
+    for name, ours_err, b, t in zip(("out", "rows"), errors, theirs, exact):
+        their_err = ((b.double() - t).norm() / t.norm()).item()
+        assert ours_err <= 1.1 * their_err, (name, ours_err, their_err)
+    assert errors[2] < 0.005, errors  # the mask gradient, summed in float32

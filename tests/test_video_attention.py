@@ -55,20 +55,22 @@ def test_matches_torchvision_attention(size, window, shift, train):
 
 
 def _bf16_run(module, x, grad, autocast):
+    """Output (in its own dtype), input gradient and parameter gradients of one forward and backward."""
     module = copy.deepcopy(module)
     x = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         y = module(x)
     y.float().backward(grad)
-    return [y.float(), x.grad, *(p.grad for p in module.parameters())]
+    return [y.detach(), x.grad, *(p.grad for p in module.parameters())]
 
 
 @pytest.mark.parametrize("size, window, shift", [CASES[1], CASES[2], CASES[5]])
 def test_bfloat16_training_is_as_close_as_torchvision(size, window, shift, monkeypatch):
     """Under CPU bf16 autocast (``--precision bf16-mixed``) the fast path still trains, and its
-    outputs and gradients are as close to float32 as torchvision's own attention in bf16."""
+    outputs and gradients are about as close to float32 as torchvision's own attention in bf16."""
+    torch.manual_seed(0)
     stock, fast = _pair(size, window, shift, dim=32, heads=2)
-    x, grad = torch.randn(2, *size, 32), torch.randn(2, *size, 32)
+    x, grad = 3 * torch.randn(2, *size, 32), torch.randn(2, *size, 32)  # scores of several units: rounding shows
     truth = _bf16_run(stock, x, grad, autocast=False)
     stock_bf16 = _bf16_run(stock, x, grad, autocast=True)
 
@@ -77,12 +79,13 @@ def test_bfloat16_training_is_as_close_as_torchvision(size, window, shift, monke
 
     monkeypatch.setattr(video_attention, "_attend_sdpa", refuse)
     fast_bf16 = _bf16_run(fast, x, grad, autocast=True)
-    assert fast_bf16[0].dtype == torch.float32 and x.dtype == torch.float32
+    assert fast_bf16[0].dtype == torch.bfloat16  # the autocast output ...
+    assert all(g.dtype == torch.float32 for g in fast_bf16[1:])  # ... float32 gradients for float32 leaves
     for name, ours, theirs, exact in zip(["output", "input", *dict(fast.named_parameters())], fast_bf16, stock_bf16,
                                          truth):
         ours_err = ((ours.float() - exact).norm() / exact.norm()).item()
         their_err = ((theirs.float() - exact).norm() / exact.norm()).item()
-        assert ours_err <= 1.5 * their_err + 1e-4 and ours_err < 0.02, (name, ours_err, their_err)
+        assert ours_err <= 1.25 * their_err + 1e-4 and ours_err < 0.02, (name, ours_err, their_err)
 
 
 @pytest.mark.parametrize("size, window, shift", CASES[:3])

@@ -2,11 +2,11 @@
 
 Rows, in order: the matrix-multiply yardstick; the time-series model (training step, its
 ceiling, inference); the video model, paper and nano presets at a few clip sizes (the first
-with its training step's ceiling); the nano model's
-training step at the seed's clip size next to the data loader alone and stage-3 feature
-extraction (on a CPU with native bfloat16 products, the time-series model and the first video
-row also under bf16 autocast, after a bfloat16 yardstick); the peak memory of a stage-1 epoch on seed-size toy data. ``--quick`` trims
-sizes and repeats so the whole run stays within a few minutes on a 2-core CPU.
+with its training step's ceiling); on a CPU with native bfloat16 products, a bfloat16
+yardstick and the time-series model and first video row again under bf16 autocast; the nano
+model's training step at the seed's clip size next to the data loader alone and stage-3
+feature extraction; the peak memory of a stage-1 epoch on seed-size toy data. ``--quick``
+trims sizes and repeats so the whole run stays within a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -113,10 +113,13 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
             say(f"video {preset} {clip} x{batch}, torchvision attention")
             rows += bench_video(env, peak, preset=preset, clip=clip, batch=batch, attention="reference")
     bf16_peaks: list[float] = []
+    memory_runs = config.memory_runs
     if device.type == "cpu" and config.cpu_bf16:
         say("bf16 autocast on the CPU")
-        bf16_rows, bf16_peaks = _cpu_bf16_rows(config, env, peak, rows, say)
+        bf16_rows, bf16_peaks = _cpu_bf16_rows(config, env, max(peaks), rows, say)
         rows += bf16_rows
+        if len(bf16_rows) == 1:  # no native bfloat16 products: no bf16 epoch either
+            memory_runs = tuple(run for run in memory_runs if run.precision == "32-true")
 
     peaks.append(matmul_peak(device, peak_dtype))
     say("nano at the seed clip size, loader, features")
@@ -128,9 +131,9 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                               workdir=workdir)
     rows += seed + [loader, features]
 
-    epochs = stage1_epoch_memory(config.memory_runs, limit_batches=config.memory_limit_batches, workdir=workdir,
+    epochs = stage1_epoch_memory(memory_runs, limit_batches=config.memory_limit_batches, workdir=workdir,
                                  progress=lambda run: say(f"stage-1 epoch memory, {run.label()}"))
-    for run, memory in zip(config.memory_runs, epochs):
+    for run, memory in zip(memory_runs, epochs):
         scope = f"{memory['batches']} batches" if config.memory_limit_batches else "whole epoch"
         rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
                         run.label(),
@@ -145,8 +148,11 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         peak = max(peaks)
         rows[0].gflops = peak
         for row in rows[1:]:
-            if row.gflops is not None and not row.extra.get("bf16_yardstick"):
+            if row.gflops is not None and "peak_dtype" not in row.extra:
                 row.peak_fraction = row.gflops / peak
+        for row in rows:
+            if row.workload == "matmul peak" and row.extra.get("peak_dtype") == "bfloat16":
+                row.note = _bf16_yardstick_note(row.gflops, peak, native=not row.note.endswith("skipped"))
     return {
         "rows": [row.as_dict() for row in rows],
         "peak_gflops": peak,
@@ -177,34 +183,39 @@ def _cpu_bf16_rows(config: SuiteConfig, env: Env, fp32_peak: float, fp32_rows: l
     device = env.device
     peaks = [matmul_peak(device, torch.bfloat16)]
     yardstick = Row("matmul peak", "torch.mm", "2048x2048", None, "bfloat16", gflops=peaks[0], peak_fraction=1.0,
-                    extra={"bf16_yardstick": True})
+                    extra={"peak_dtype": "bfloat16"})
     if peaks[0] < 1.5 * fp32_peak:
-        yardstick.note = (f"{peaks[0] / fp32_peak:.1f}x the float32 yardstick: no native bfloat16 products, "
-                          "bf16 rows skipped")
+        yardstick.note = _bf16_yardstick_note(peaks[0], fp32_peak, native=False)
         return [yardstick], peaks
-    yardstick.note = f"{peaks[0] / fp32_peak:.1f}x the float32 yardstick"
     bf16 = Env(device, torch.bfloat16, repeats=env.repeats, warmup=env.warmup)
     say(f"time-series model, batch {config.ts_batch}, bf16 autocast")
-    rows = bench_ts(bf16, peaks[0], batch=config.ts_batch)
+    rows = bench_ts(bf16, max(peaks), batch=config.ts_batch)
     if config.video:
         peaks.append(matmul_peak(device, torch.bfloat16))
         preset, clip, batch = config.video[0]
         say(f"video {preset} {clip} x{batch}, bf16 autocast")
-        rows += bench_video(bf16, peaks[0], preset=preset, clip=clip, batch=batch)
+        rows += bench_video(bf16, max(peaks), preset=preset, clip=clip, batch=batch)
     best = max(peaks)
     yardstick.gflops = best
+    yardstick.note = _bf16_yardstick_note(best, fp32_peak, native=True)
     same: dict[tuple, Row] = {}
     for r in fp32_rows:  # the first row of a kind: the fast path's (the before figures follow it)
         same.setdefault((r.workload, r.model, r.input, r.batch), r)
     for row in rows:
         row.peak_fraction = row.gflops / best if row.gflops is not None else None
         row.mode = f"{row.mode}, bf16"
-        row.extra["bf16_yardstick"] = True
+        row.extra["peak_dtype"] = "bfloat16"
         fp32 = same.get((row.workload, row.model, row.input, row.batch))
-        if fp32 is not None and fp32.seconds_per_step and row.seconds_per_step:
-            speedup = f"{fp32.seconds_per_step / row.seconds_per_step:.1f}x the float32 row"
+        fp32_s = fp32 and fp32.extra.get("eager_s", fp32.seconds_per_step)  # bf16 rows run eager
+        if fp32_s and row.seconds_per_step:
+            speedup = f"{fp32_s / row.seconds_per_step:.1f}x the float32 eager row"
             row.note = f"{speedup}; {row.note}" if row.note else speedup
     return [yardstick, *rows], peaks
+
+
+def _bf16_yardstick_note(bf16_peak: float, fp32_peak: float, *, native: bool) -> str:
+    ratio = f"{bf16_peak / fp32_peak:.1f}x the float32 yardstick"
+    return ratio if native else f"{ratio}: no native bfloat16 products, bf16 rows skipped"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -234,7 +245,7 @@ def format_table(result: dict[str, Any]) -> str:
         (f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {precision}; "
          f"peak = best torch.mm of the run (samples: {samples} GFLOP/s)"),
     ]
-    if result.get("bf16_peak_gflops_samples"):
+    if any(r["mode"].endswith(", bf16") for r in result["rows"]):
         samples = ", ".join(f"{p:.0f}" for p in result["bf16_peak_gflops_samples"])
         footer.append(f"rows with mode '..., bf16': bf16 autocast, % of the best bfloat16 torch.mm "
                       f"(samples: {samples} GFLOP/s)")

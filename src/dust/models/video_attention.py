@@ -216,9 +216,10 @@ class _WindowAttentionCPU(torch.autograd.Function):
         grad_rows = torch.empty_like(rows)
         grad_bias = torch.zeros_like(bias)
         grad_groups = _groups(grad_rows, batch, counts, n_tok, heads)
-        # Products run in the rows' dtype (bfloat16 under autocast); the softmax arithmetic, the
-        # row term and the bias gradient in float32. For float32 rows every conversion is a no-op.
-        low = rows.dtype
+        # Recomputing P: scores and dP in float32, whatever the rows' dtype (in bfloat16 their rounding
+        # would not match the forward's log-sum-exp); the products that take P or dS run in the
+        # rows' dtype (bfloat16 under autocast). For float32 rows every conversion is a no-op.
+        product_dtype = rows.dtype
         start = 0
         for (group, q, k, v), (_, grad_q, grad_k, grad_v), lse in zip(_groups(rows, batch, counts, n_tok, heads),
                                                                    grad_groups, lses):
@@ -227,19 +228,21 @@ class _WindowAttentionCPU(torch.autograd.Function):
             o = out[span].view(batch, count, n_tok, heads, -1).transpose(2, 3)  # (B, n, h, N, d)
             go = grad_out[span].view(batch, count, n_tok, heads, -1).transpose(2, 3)
             start += batch * count * n_tok
-            # D = rowsum(dO * O), the softmax backward's row term, from small tensors.
-            row_term = (go.float() * o.float()).sum(-1, keepdim=True)  # (B, n, h, N, 1)
+            # D, the softmax backward's row term: rowsum(dO * O) from small tensors in float32; in
+            # bfloat16, O is rounded and dP - D cancels, so there D = rowsum(dP * P) from the N x N ones.
+            row_term = (go * o).sum(-1, keepdim=True) if product_dtype == torch.float32 else None
             mask = masks[group]
             for i in range(batch):
                 q_scaled, k_scaled = q[i] * scale, k[i] * scale  # (n, h, N, d): scale the small operands
-                probs = torch.matmul(q_scaled, k[i].transpose(-2, -1)).float()  # (n, h, N, N) scores ...
-                probs = F.threshold_(probs.add_(mask).sub_(lse[i]), _EXP_FLOOR, -math.inf).exp_()  # ... -> P
-                grad_v[i].copy_(torch.matmul(probs.to(low).transpose(-2, -1), go[i]))
-                grad_scores = torch.matmul(go[i], v[i].transpose(-2, -1)).float()  # dP ...
-                grad_scores = grad_scores.sub_(row_term[i]).mul_(probs)  # ... -> dS = P (dP - D)
+                scores = torch.matmul(q[i].float() * scale, k[i].float().transpose(-2, -1))  # (n, h, N, N)
+                probs = F.threshold_(scores.add_(mask).sub_(lse[i]), _EXP_FLOOR, -math.inf).exp_()  # -> P
+                grad_v[i].copy_(torch.matmul(probs.to(product_dtype).transpose(-2, -1), go[i]))
+                grad_scores = torch.matmul(go[i].float(), v[i].float().transpose(-2, -1))  # dP ...
+                row = row_term[i] if row_term is not None else (grad_scores * probs).sum(-1, keepdim=True)
+                grad_scores = grad_scores.sub_(row).mul_(probs)  # ... -> dS = P (dP - D)
                 del probs
                 grad_bias += grad_scores.sum(0)
-                grad_scores = grad_scores.to(low)
+                grad_scores = grad_scores.to(product_dtype)
                 grad_q[i].copy_(torch.matmul(grad_scores, k_scaled))
                 grad_k[i].copy_(torch.matmul(grad_scores.transpose(-2, -1), q_scaled))
         return grad_rows, grad_bias, None, None, None, None, None
