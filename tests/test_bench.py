@@ -121,7 +121,7 @@ def test_bench_checks_its_output_paths_before_measuring(tmp_path, capsys):
 
 def _bf16_suite(monkeypatch, bf16_peak: float):
     """`_cpu_bf16_rows` at toy sizes, with a yardstick of our choosing; returns (rows, the float32 rows)."""
-    import dust.benchmarking.suite as suite
+    from dust.benchmarking import suite
 
     def toy_ts(env, peak, **kwargs):
         assert env.autocast == torch.bfloat16
