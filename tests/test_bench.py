@@ -154,3 +154,40 @@ def test_bf16_rows_are_judged_by_the_bf16_yardstick(monkeypatch):
 def test_bf16_rows_are_skipped_without_native_bf16_products(monkeypatch):
     rows, _, _ = _bf16_suite(monkeypatch, bf16_peak=120.0)
     assert len(rows) == 1 and "no native bfloat16 products, bf16 rows skipped" in rows[0].note
+
+
+def _suite_with_yardsticks(monkeypatch, samples: list[float]):
+    """`run_suite` with stand-in workloads and the given matmul samples, in the order the suite takes them."""
+    from dust.benchmarking import suite
+    from dust.benchmarking.workloads import Row
+
+    taken = iter(samples)
+    monkeypatch.setattr(suite, "matmul_peak", lambda device, dtype: next(taken))
+    monkeypatch.setattr(suite, "bench_ts", lambda env, peak, **kw: [Row("ts train", seconds_per_step=1.0, gflops=9.0)])
+    monkeypatch.setattr(suite, "bench_video", lambda env, peak, **kw: [Row("video train", samples_per_s=1.0)])
+    monkeypatch.setattr(suite, "bench_loader", lambda env, **kw: Row("loader", samples_per_s=1.0))
+    monkeypatch.setattr(suite, "bench_features", lambda env, **kw: Row("features"))
+    epochs = []
+    monkeypatch.setattr(suite, "stage1_epoch_memory", lambda runs, **kw: epochs.append(runs) or iter([]))
+    runs = (suite.MemoryRun(), suite.MemoryRun(precision="bf16-mixed"))
+    config = suite.SuiteConfig(quick=True, memory_runs=runs)
+    result = suite.run_suite(config)
+    return result["rows"], [run.label() for run in epochs[0]]
+
+
+def test_suite_judges_bf16_rows_by_the_best_bf16_sample_against_the_best_fp32_one(monkeypatch):
+    # samples: fp32 first, bf16 (one: no video rows), fp32 before the seed rows, fp32 last
+    rows, epochs = _suite_with_yardsticks(monkeypatch, [400.0, 2000.0, 420.0, 450.0])
+    yardsticks = [r for r in rows if r["workload"] == "matmul peak"]
+    assert [(r["mode"], r["gflops"]) for r in yardsticks] == [("float32", 450.0), ("bfloat16", 2000.0)]
+    assert yardsticks[1]["note"] == "4.4x the float32 yardstick"  # best against best, after the last fp32 sample
+    ts = [r for r in rows if r["workload"] == "ts train"]
+    assert ts[0]["peak_fraction"] == 9.0 / 450.0 and ts[-1]["peak_fraction"] == 9.0 / 2000.0
+    assert epochs == ["fast malloc", "fast malloc, bf16-mixed"]
+
+
+def test_suite_without_native_bf16_skips_the_bf16_rows_and_epoch(monkeypatch):
+    rows, epochs = _suite_with_yardsticks(monkeypatch, [400.0, 500.0, 420.0, 450.0])
+    assert [r["mode"] for r in rows if r["workload"] == "matmul peak"] == ["float32", "bfloat16"]
+    assert not any(r["mode"].endswith(", bf16") for r in rows)
+    assert epochs == ["fast malloc"]

@@ -119,7 +119,7 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         say("bf16 autocast on the CPU")
         bf16_rows, bf16_peaks = _cpu_bf16_rows(config, env, max(peaks), rows, say)
         rows += bf16_rows
-        if len(bf16_rows) == 1:  # no native bfloat16 products: no bf16 epoch either
+        if not bf16_rows[0].extra["native"]:  # no native bfloat16 products: no bf16 epoch either
             memory_runs = tuple(run for run in memory_runs if run.precision == "32-true")
 
     peaks.append(matmul_peak(device, peak_dtype))
@@ -153,7 +153,7 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
                 row.peak_fraction = row.gflops / peak
         for row in rows:
             if row.workload == "matmul peak" and row.extra.get("peak_dtype") == "bfloat16":
-                row.note = _bf16_yardstick_note(row.gflops, peak, native=not row.note.endswith("skipped"))
+                row.note = _bf16_yardstick_note(row.gflops, peak, native=row.extra["native"])
     return {
         "rows": [row.as_dict() for row in rows],
         "peak_gflops": peak,
@@ -184,8 +184,8 @@ def _cpu_bf16_rows(config: SuiteConfig, env: Env, fp32_peak: float, fp32_rows: l
     device = env.device
     peaks = [matmul_peak(device, torch.bfloat16)]
     yardstick = Row("matmul peak", "torch.mm", "2048x2048", None, "bfloat16", gflops=peaks[0], peak_fraction=1.0,
-                    extra={"peak_dtype": "bfloat16"})
-    if peaks[0] < 1.5 * fp32_peak:
+                    extra={"peak_dtype": "bfloat16", "native": peaks[0] >= 1.5 * fp32_peak})
+    if not yardstick.extra["native"]:
         yardstick.note = _bf16_yardstick_note(peaks[0], fp32_peak, native=False)
         return [yardstick], peaks
     bf16 = Env(device, torch.bfloat16, repeats=env.repeats, warmup=env.warmup)
