@@ -14,6 +14,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_output
+from .errors import InputError
 from .models import DuST, SeriesEnsemble, TimeSeriesSwin, VideoSwin
 from .models.weights import WeightsError, load_weights, to_tensors
 
@@ -140,13 +141,14 @@ def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Che
 
 def check_pair(video: Checkpoint, fusion: Checkpoint) -> None:
     """Refuse a stage-1 video model and a stage-4 fused model that do not belong together: the fused model
-    learned from another video model's features, or the two name their classes differently (:class:`WeightsError`)."""
+    learned from another video model's features, or the two name their classes differently
+    (:class:`~dust.errors.InputError`: the user paired the wrong files)."""
     where = fusion.meta.get("path", "the fused model")
     learned_from = fusion.meta.get("video_fingerprint")
     if learned_from is not None and learned_from != video.fingerprint:
-        raise WeightsError(f"{where}: learned from the features of another video model than "
+        raise InputError(f"{where}: learned from the features of another video model than "
                            f"{video.meta.get('path', 'this one')} (pair the stage-1 and stage-4 models of one run)")
     names = video.meta.get("class_names"), fusion.meta.get("class_names")
     if None not in names and list(names[0]) != list(names[1]):
-        raise WeightsError(f"{where}: classes {', '.join(names[1])}, but {video.meta.get('path', 'the video model')} "
+        raise InputError(f"{where}: classes {', '.join(names[1])}, but {video.meta.get('path', 'the video model')} "
                            f"has {', '.join(names[0])}")

@@ -11,7 +11,7 @@ import torch
 from .checkpoint import Checkpoint, check_pair, load_checkpoint
 from .data.datasets import SeriesTransform, VideoTransform, check_finite
 from .errors import InputError
-from .models import DuST, VideoSwin, WeightsError
+from .models import DuST, VideoSwin
 
 if TYPE_CHECKING:
     from .data.ingest import PrepareSettings
@@ -48,10 +48,7 @@ class Predictor:
                 f"{fusion_ckpt.meta.get('path')}: expects {self.fusion_model.video_feature_dim}-wide video features, "
                 f"{video_ckpt.meta.get('path')} gives {self.video_model.feature_dim}"
             )
-        try:
-            check_pair(video_ckpt, fusion_ckpt)
-        except WeightsError as err:
-            raise InputError(str(err)) from None
+        check_pair(video_ckpt, fusion_ckpt)
         self.video_transform = VideoTransform(**video_ckpt.meta.get("video_transform", {}))
         self.series_transform = SeriesTransform(**fusion_ckpt.meta.get("series_transform", {}))
         self.class_names: list[str] = list(

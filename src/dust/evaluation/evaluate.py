@@ -16,7 +16,6 @@ from ..checkpoint import check_pair, load_checkpoint
 from ..data.arrays import load_array
 from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_labels
 from ..errors import InputError
-from ..models import WeightsError
 from .metrics import ClassificationReport, classification_report
 
 __all__ = ["comparison_table", "evaluate_run", "split_files"]
@@ -75,10 +74,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
             ckpts[name] = load_checkpoint(models_dir / rel, expect=_KINDS[name])
         except Exception as err:
             raise InputError(str(err)) from None
-    try:
-        check_pair(ckpts["video"], ckpts["fusion"])
-    except WeightsError as err:
-        raise InputError(str(err)) from None
+    check_pair(ckpts["video"], ckpts["fusion"])
     files = split_files(run_dir, split)
     video, kine = load_array(files["video"]), load_array(files["kine"])
     for path, array, ndim, channels in ((files["video"], video, 5, ckpts["video"].config["in_chans"]),
