@@ -54,6 +54,23 @@ def test_matches_torchvision_attention(size, window, shift, train):
         torch.testing.assert_close(p_fast.grad, p_stock.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("size, window, shift", CASES)
+@pytest.mark.parametrize("scores_per_call", [1, 5000])
+def test_backward_in_chunks_of_clips_matches_torchvision(size, window, shift, scores_per_call, monkeypatch):
+    """Backward takes a few clips at a time (one with a budget of 1; with 5000, two of the three
+    where a group's windows are small): every split gives torchvision's gradients."""
+    monkeypatch.setattr(video_attention, "_SCORES_PER_CALL", scores_per_call)
+    stock, fast = _pair(size, window, shift)
+    x = torch.randn(3, *size, 16)
+    x_stock, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(3, *size, 16)
+    stock(x_stock).backward(grad)
+    fast(x_fast).backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_stock.grad, atol=1e-5, rtol=1e-5)
+    for (name, p_fast), p_stock in zip(fast.named_parameters(), stock.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_stock.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
 def _bf16_run(module, x, grad, autocast):
     """Output (in its own dtype), input gradient and parameter gradients of one forward and backward."""
     module = copy.deepcopy(module)
@@ -96,16 +113,28 @@ def test_inference_matches_torchvision_attention(size, window, shift):
         torch.testing.assert_close(fast.eval()(x), stock.eval()(x), atol=1e-5, rtol=1e-5)
 
 
-def test_interior_windows_need_no_mask():
-    plan = plan_windows((16, 21, 21), [8, 7, 7], [4, 3, 3])
+def test_windows_are_grouped_by_shift_cut():
+    plan = plan_windows((16, 21, 21), [8, 7, 7], [4, 3, 3])  # 2 x 3 x 3 windows, no padding
     assert plan.window == (8, 7, 7) and plan.shift == (4, 3, 3)
-    assert plan.num_interior == 4 and plan.num_border == 14  # 2 x 3 x 3 windows, last in any dimension = border
-    assert plan.border_mask.shape == (14, 1, 392, 392)
-    assert set(plan.border_mask.unique().tolist()) == {0.0, float("-inf")}  # torchvision's -100: e^-100 is below float32
-    unshifted = plan_windows((16, 21, 21), [8, 7, 7], [0, 0, 0])
-    assert unshifted.num_border == 0 and unshifted.border_mask is None
+    first, *cut = plan.groups
+    assert (first.count, first.real, first.shift_mask) == (4, 392, None)  # not cut by the shift: no mask
+    assert sum(group.count for group in cut) == 14 and all(group.real == 392 for group in cut)
+    for group in cut:  # -inf, not torchvision's -100: e^-100 is below float32
+        assert group.shift_mask.shape == (392, 392)
+        assert set(group.shift_mask.unique().tolist()) == {0.0, float("-inf")}
     clamped = plan_windows((2, 3, 3), [8, 7, 7], [4, 3, 3])
-    assert clamped.window == (2, 3, 3) and clamped.shift == (0, 0, 0) and clamped.num_interior == 1
+    assert clamped.window == (2, 3, 3) and clamped.shift == (0, 0, 0)
+    assert [(g.count, g.real, g.shift_mask) for g in clamped.groups] == [(1, 18, None)]
+
+
+def test_padding_rows_come_last_in_each_window():
+    plan = plan_windows((8, 16, 16), [8, 7, 7], [0, 0, 0])  # padded to 8 x 21 x 21: 16 = 7 + 7 + 2
+    assert sorted((g.count, g.real) for g in plan.groups) == [(1, 8 * 2 * 2), (2, 8 * 7 * 2), (2, 8 * 7 * 2),
+                                                              (4, 8 * 7 * 7)]
+    for group, index in zip(plan.groups, plan.group_indices()):
+        windows = index.view(group.count, -1)
+        assert (windows[:, : group.real] >= 0).all() and (windows[:, group.real :] == -1).all()
+        assert sorted(group.order.tolist()) == list(range(392))
 
 
 def test_window_index_covers_every_token_once():

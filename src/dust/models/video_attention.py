@@ -10,13 +10,16 @@ outputs, less work. What it does differently:
   projected: their ``qkv`` is the projection's bias, exactly what ``Linear(0)`` gives.
   The output projection runs on real tokens only (torchvision projects the padding
   and then crops it away).
-- **Scaled-dot-product attention with one float mask.** The relative-position bias
-  and the shift mask are folded into one additive mask for
+- **Scaled-dot-product attention with one float mask per window group.** The
+  relative-position bias and the shift mask are folded into one additive mask for
   ``F.scaled_dot_product_attention`` (fused kernels: flash attention on CPU and on
-  GPU). Only windows on the wrapped border of a shifted block need the shift mask;
-  the windows are ordered interior first, so interior windows share the plain
-  ``(heads, N, N)`` bias and the border windows get a ``(border windows, heads, N, N)``
-  mask, built once per (shape, device) and cached.
+  GPU). Windows are grouped by where their padding lies and how the shift cuts them
+  (:class:`WindowGroup`): a group's windows share one mask, so each group is one call
+  for the whole batch.
+- **Only real queries.** Inside a window, rows are reordered real tokens first. Padding
+  tokens are keys (as in torchvision) but never queries: their outputs are cropped
+  away, so they are not computed (on 16x64x64 clips, with the paper's 8x7x7 window,
+  42 % and 67 % of the first two stages' window rows are padding).
 - **Training on CPU.** PyTorch's CPU flash kernel cannot give the gradient of the
   mask, and the bias table must learn; :class:`_WindowAttentionCPU` runs the fused kernel
   forward (nothing of size ``N x N`` is kept) and recomputes the scores in backward. It
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,7 @@ from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, 
 
 from .window_rows import RowGather, batch_row_gather, to_tokens, to_windows
 
-__all__ = ["AttentionImpl", "WindowAttention3d", "WindowPlan", "plan_windows"]
+__all__ = ["AttentionImpl", "BatchPlan", "WindowAttention3d", "WindowGroup", "WindowPlan", "plan_windows"]
 
 AttentionImpl = Literal["fused", "reference"]
 """``"fused"``: this module's fast path. ``"reference"``: torchvision's own forward (for checks and FLOP counts)."""
@@ -52,32 +55,51 @@ _SHIFT_MASK_VALUE = -math.inf
 
 
 @dataclass(frozen=True)
+class WindowGroup:
+    """Windows of a clip that attend alike: the same real (non-padding) positions, the same shift mask.
+
+    Inside each window of the group, rows are reordered so that the ``real`` real positions
+    come first: their queries are the only ones whose outputs are kept, so attention runs on
+    ``real`` query rows against all ``N`` keys (padding tokens are keys, as in torchvision).
+
+    Attributes:
+        count: windows per clip in this group.
+        real: real positions per window.
+        order: ``(N,)`` window position (torchvision's (t, h, w) row-major order) of each row.
+        shift_mask: ``(real, N)`` additive shift mask in that row order, or None where the
+            windows need none.
+    """
+
+    count: int
+    real: int
+    order: Tensor
+    shift_mask: Tensor | None
+
+
+@dataclass(frozen=True)
 class WindowPlan:
     """How one clip's tokens map onto attention windows, for one input shape.
-
-    Windows are ordered interior first (no shift mask), then border windows; inside a
-    window, tokens are in (t, h, w) row-major order, as torchvision partitions them.
 
     Attributes:
         window: window size actually used (clamped to the input where it is smaller).
         shift: shift actually used (0 where the window was clamped).
-        num_interior: windows per clip that need no shift mask.
-        num_border: windows per clip that need the shift mask.
+        groups: the windows, grouped by :class:`WindowGroup`; the largest group first.
         index: ``(windows * N,)`` token index (into the clip's ``T * H * W`` tokens) of each
-            window position, ``-1`` for padding.
-        border_mask: ``(num_border, 1, N, N)`` additive shift mask of the border windows, or None.
+            window row, group by group, ``-1`` for padding.
     """
 
     window: tuple[int, int, int]
     shift: tuple[int, int, int]
-    num_interior: int
-    num_border: int
+    groups: tuple[WindowGroup, ...]
     index: Tensor
-    border_mask: Tensor | None
 
     @property
     def window_volume(self) -> int:
         return self.window[0] * self.window[1] * self.window[2]
+
+    def group_indices(self) -> list[Tensor]:
+        """Each group's part of :attr:`index`."""
+        return list(self.index.split([group.count * self.window_volume for group in self.groups]))
 
 
 def _region_labels(padded: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]) -> Tensor:
@@ -101,6 +123,12 @@ def _partition(grid: Tensor, window: tuple[int, int, int]) -> Tensor:
     return grid.permute(0, 2, 4, 1, 3, 5).reshape(nt * nh * nw, -1)
 
 
+def _first_seen(labels: list[int]) -> tuple[int, ...]:
+    """Region labels renumbered in order of first appearance: equal for windows cut alike."""
+    seen: dict[int, int] = {}
+    return tuple(seen.setdefault(label, len(seen)) for label in labels)
+
+
 def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size: list[int]) -> WindowPlan:
     """The :class:`WindowPlan` for a ``(T, H, W)`` token grid (on the CPU; see :meth:`WindowAttention3d.plan`)."""
     window, shift = _get_window_and_shift_size(list(shift_size), list(size), list(window_size))
@@ -110,21 +138,26 @@ def plan_windows(size: tuple[int, int, int], window_size: list[int], shift_size:
     coords = [(torch.arange(padded[i]) + shift[i]) % padded[i] for i in range(3)]
     t, h, w = torch.meshgrid(*coords, indexing="ij")
     real = (t < size[0]) & (h < size[1]) & (w < size[2])
-    token = torch.where(real, (t * size[1] + h) * size[2] + w, -1)
-    token = _partition(token, window)  # (windows, N)
-    if sum(shift) > 0:
-        labels = _partition(_region_labels(padded, window, shift), window)  # (windows, N)
-        border = (labels != labels[:, :1]).any(dim=1)
-    else:
-        labels, border = None, torch.zeros(len(token), dtype=torch.bool)
-    order = torch.cat([torch.nonzero(~border).flatten(), torch.nonzero(border).flatten()])
-    border_mask = None
-    if labels is not None and bool(border.any()):
-        lab = labels[border]
-        differ = lab[:, :, None] != lab[:, None, :]
-        border_mask = torch.zeros(differ.shape).masked_fill_(differ, _SHIFT_MASK_VALUE)[:, None]  # (border, 1, N, N)
-    num_border = int(border.sum())
-    return WindowPlan(window, shift, len(token) - num_border, num_border, token[order].flatten(), border_mask)
+    token = _partition(torch.where(real, (t * size[1] + h) * size[2] + w, -1), window)  # (windows, N)
+    shifted = sum(shift) > 0
+    labels = _partition(_region_labels(padded, window, shift), window) if shifted else torch.zeros_like(token)
+    members: dict[tuple, list[int]] = {}
+    for i, (row, label) in enumerate(zip(token.tolist(), labels.tolist())):
+        key = (tuple(position >= 0 for position in row), _first_seen(label))
+        members.setdefault(key, []).append(i)
+    groups, parts = [], []
+    for (is_real, regions), windows in sorted(members.items(), key=lambda item: -len(item[1])):
+        is_real = torch.tensor(is_real)
+        order = torch.cat([torch.nonzero(is_real).flatten(), torch.nonzero(~is_real).flatten()])
+        num_real = int(is_real.sum())
+        mask = None
+        if max(regions) > 0:  # the window spans regions of the shifted grid
+            regions = torch.tensor(regions)[order]
+            differ = regions[:num_real, None] != regions[None, :]
+            mask = torch.zeros(differ.shape).masked_fill_(differ, _SHIFT_MASK_VALUE)
+        groups.append(WindowGroup(len(windows), num_real, order, mask))
+        parts.append(token[windows][:, order].flatten())
+    return WindowPlan(window, shift, tuple(groups), torch.cat(parts))
 
 
 # --- attention over the window rows ----------------------------------------------------
@@ -143,132 +176,145 @@ _EXP_FLOOR = -30.0
 _CPU_TRAINING_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _groups(rows: Tensor, batch: int, counts: tuple[int, int], n_tok: int, heads: int
-            ) -> list[tuple[int, Tensor, Tensor, Tensor]]:
-    """Split ``(P, 3C)`` window rows into (group, q, k, v), each ``(B, n, h, N, d)``; groups: interior, border."""
-    sizes = [batch * count * n_tok for count in counts]
-    out = []
-    for group, (count, part) in enumerate(zip(counts, rows.split(sizes))):
-        if count:
-            part = part.view(batch, count, n_tok, 3, heads, -1)  # (B, n, N, 3, h, d)
-            q, k, v = part.permute(3, 0, 1, 4, 2, 5).unbind(0)
-            out.append((group, q, k, v))
+# Backward recomputes the scores a few clips at a time: as many as keep one ``(clips, windows, h,
+# real, N)`` buffer within this many elements (16 MiB in float32), and at least one clip.
+_SCORES_PER_CALL = 1 << 22
+
+GroupLayout = tuple[tuple[int, int], ...]
+"""``(windows per clip, real positions per window)`` of each :class:`WindowGroup`, in row order."""
+
+
+def _groups(rows: Tensor, batch: int, layout: GroupLayout, n_tok: int, heads: int
+            ) -> list[tuple[slice, Tensor, Tensor, Tensor]]:
+    """Split ``(P, 3C)`` window rows by group into (row span, q, k, v), each ``(B, n, h, N, d)``."""
+    out, start = [], 0
+    for count, _ in layout:
+        span = slice(start, start + batch * count * n_tok)
+        part = rows[span].view(batch, count, n_tok, 3, heads, -1)  # (B, n, N, 3, h, d)
+        q, k, v = part.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        out.append((span, q, k, v))
+        start = span.stop
     return out
 
 
-def _group_masks(bias: Tensor, shift_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Additive masks: ``(1, h, N, N)`` bias for interior windows, ``(n, h, N, N)`` bias + shift for border windows."""
-    return bias[None], None if shift_mask is None else bias[None] + shift_mask.to(bias.dtype)
+def _real_rows(rows: Tensor, span: slice, batch: int, count: int, real: int, heads: int) -> Tensor:
+    """``(B, n, h, real, d)`` view of the real rows of ``(P, C)`` window rows ``rows[span]``."""
+    return rows[span].view(batch, count, -1, heads, rows.shape[1] // heads)[:, :, :real].transpose(2, 3)
 
 
 def _flash_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """PyTorch's CPU flash kernel: ``(b, h, N, d)`` output over ``(b, N, h, d)`` memory, and ``(b, h, N)`` log-sum-exp."""
+    """PyTorch's CPU flash kernel: ``(b, h, Nq, d)`` output over ``(b, Nq, h, d)`` memory, and ``(b, h, Nq)`` log-sum-exp."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                       scale=scale)
 
 
 class _WindowAttentionCPU(torch.autograd.Function):
-    """Window attention over ``(P, 3C)`` window rows -> ``(P, C)``, with a learned ``(h, N, N)`` bias, on the CPU.
+    """Window attention over ``(P, 3C)`` window rows -> ``(P, C)``, with a learned additive mask per group, on the CPU.
 
-    PyTorch's CPU flash kernel cannot return the gradient of its mask, and the bias must
-    learn. Forward runs the flash kernel (interior windows in one call with the shared bias,
-    border windows clip by clip with bias + shift mask) and keeps the rows, the output and
-    the row log-sum-exp: nothing of size ``N x N``. Backward goes clip by clip, recomputes
-    the probabilities from the log-sum-exp and writes the gradients of q, k, v straight into
-    the rows' layout.
+    PyTorch's CPU flash kernel cannot return the gradient of its mask, and the masks hold the
+    learned relative-position bias. Forward runs the flash kernel, one call per window group
+    (the real query rows of every window of every clip against all ``N`` keys, one shared
+    ``(h, real, N)`` mask), and keeps the rows, the output and the row log-sum-exp: nothing of
+    size ``N x N``. Backward goes a few clips at a time, recomputes the probabilities from the
+    log-sum-exp and writes the gradients of q, k, v straight into the rows' layout. Output rows
+    of padding queries are left unset (nothing reads them) and their query gradients are zero.
     """
 
     @staticmethod
-    def forward(ctx, rows: Tensor, bias: Tensor, shift_mask: Tensor | None, batch: int, counts: tuple[int, int],
-                heads: int, scale: float) -> Tensor:
-        n_tok = bias.shape[-1]
-        c = rows.shape[1] // 3
-        out = rows.new_empty(rows.shape[0], c)
-        masks = _group_masks(bias, shift_mask)
+    def forward(ctx, rows: Tensor, batch: int, layout: GroupLayout, heads: int, scale: float, *masks: Tensor) -> Tensor:
+        n_tok = masks[0].shape[-1]
+        out = rows.new_empty(rows.shape[0], rows.shape[1] // 3)
         lses = []
-        start = 0
-        for group, q, k, v in _groups(rows, batch, counts, n_tok, heads):
-            count = q.shape[1]
-            target = out[start : start + batch * count * n_tok].view(batch, count, n_tok, heads, -1)
-            mask = masks[group]
-            if mask.shape[0] == 1:  # one mask for every window: one call
-                o, lse = _flash_cpu(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask, scale)
-                target.copy_(o.view(batch, count, heads, n_tok, -1).transpose(2, 3))
-                lses.append(lse.view(batch, count, heads, n_tok, 1))
-            else:  # one mask per window: one call per clip
-                group_lse = []
-                for i in range(batch):
-                    o, lse = _flash_cpu(q[i], k[i], v[i], mask, scale)
-                    target[i].copy_(o.transpose(1, 2))
-                    group_lse.append(lse[..., None])
-                lses.append(torch.stack(group_lse))
-            start += batch * count * n_tok
-        ctx.save_for_backward(rows, bias, shift_mask, out, *lses)
-        ctx.setup = (batch, counts, heads, scale)
+        for (count, real), mask, (span, q, k, v) in zip(layout, masks, _groups(rows, batch, layout, n_tok, heads)):
+            o, lse = _flash_cpu(q[..., :real, :].flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask[None], scale)
+            _real_rows(out, span, batch, count, real, heads).copy_(o.view(batch, count, heads, real, -1))
+            lses.append(lse.view(batch, count, heads, real, 1))
+        ctx.save_for_backward(rows, out, *lses, *masks)
+        ctx.setup = (batch, layout, heads, scale)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        rows, bias, shift_mask, out, *lses = ctx.saved_tensors
-        batch, counts, heads, scale = ctx.setup
-        n_tok = bias.shape[-1]
-        masks = _group_masks(bias, shift_mask)
+        batch, layout, heads, scale = ctx.setup
+        rows, out, *saved = ctx.saved_tensors
+        lses, masks = saved[: len(layout)], saved[len(layout) :]
+        n_tok = masks[0].shape[-1]
         grad_rows = torch.empty_like(rows)
-        grad_bias = torch.zeros_like(bias)
-        grad_groups = _groups(grad_rows, batch, counts, n_tok, heads)
+        grad_masks = []
         # Recomputing P: scores and dP in float32, whatever the rows' dtype (in bfloat16 their rounding
         # would not match the forward's log-sum-exp); the products that take P or dS run in the
         # rows' dtype (bfloat16 under autocast). For float32 rows every conversion is a no-op.
         product_dtype = rows.dtype
-        start = 0
-        for (group, q, k, v), (_, grad_q, grad_k, grad_v), lse in zip(_groups(rows, batch, counts, n_tok, heads),
-                                                                   grad_groups, lses):
-            count = q.shape[1]
-            span = slice(start, start + batch * count * n_tok)
-            o = out[span].view(batch, count, n_tok, heads, -1).transpose(2, 3)  # (B, n, h, N, d)
-            go = grad_out[span].view(batch, count, n_tok, heads, -1).transpose(2, 3)
-            start += batch * count * n_tok
+        for (count, real), mask, lse, (span, q, k, v), (_, grad_q, grad_k, grad_v) in zip(
+                layout, masks, lses, _groups(rows, batch, layout, n_tok, heads),
+                _groups(grad_rows, batch, layout, n_tok, heads)):
+            grad_q[..., real:, :] = 0.0  # padding queries: no output, no gradient
+            q, grad_q = q[..., :real, :], grad_q[..., :real, :]
+            o = _real_rows(out, span, batch, count, real, heads)  # (B, n, h, real, d)
+            go = _real_rows(grad_out, span, batch, count, real, heads)
             # D, the softmax backward's row term: rowsum(dO * O) from small tensors in float32; in
             # bfloat16, O is rounded and dP - D cancels, so there D = rowsum(dP * P) from the N x N ones.
             row_term = (go * o).sum(-1, keepdim=True) if product_dtype == torch.float32 else None
-            mask = masks[group]
-            for i in range(batch):
-                q_scaled, k_scaled = q[i] * scale, k[i] * scale  # (n, h, N, d): scale the small operands
-                scores = torch.matmul(q[i].float() * scale, k[i].float().transpose(-2, -1))  # (n, h, N, N)
+            grad_mask = torch.zeros_like(mask, dtype=torch.promote_types(mask.dtype, torch.float32))
+            clips = max(1, _SCORES_PER_CALL // (count * heads * real * n_tok))
+            for first in range(0, batch, clips):
+                i = slice(first, first + clips)  # (c, n, h, real, d) queries, (c, n, h, real, N) scores
+                q_scaled = q[i].float() * scale  # scale the small operands, not the scores
+                scores = torch.matmul(q_scaled, k[i].float().transpose(-2, -1))
+                q_scaled, k_scaled = q_scaled.to(product_dtype), k[i] * scale
                 probs = F.threshold_(scores.add_(mask).sub_(lse[i]), _EXP_FLOOR, -math.inf).exp_()  # -> P
                 grad_v[i].copy_(torch.matmul(probs.to(product_dtype).transpose(-2, -1), go[i]))
                 grad_scores = torch.matmul(go[i].float(), v[i].float().transpose(-2, -1))  # dP ...
                 row = row_term[i] if row_term is not None else (grad_scores * probs).sum(-1, keepdim=True)
                 grad_scores = grad_scores.sub_(row).mul_(probs)  # ... -> dS = P (dP - D)
                 del probs
-                grad_bias += grad_scores.sum(0)
+                grad_mask += grad_scores.sum((0, 1))
                 grad_scores = grad_scores.to(product_dtype)
                 grad_q[i].copy_(torch.matmul(grad_scores, k_scaled))
                 grad_k[i].copy_(torch.matmul(grad_scores.transpose(-2, -1), q_scaled))
-        return grad_rows, grad_bias, None, None, None, None, None
+            grad_masks.append(grad_mask.to(mask.dtype))
+        return grad_rows, None, None, None, None, *grad_masks
 
 
-def _attend_sdpa(rows: Tensor, bias: Tensor, shift_mask: Tensor | None, batch: int, counts: tuple[int, int],
-                 heads: int, scale: float, dropout: float) -> Tensor:
-    """Window attention through ``F.scaled_dot_product_attention`` (any device; GPU, inference, dropout)."""
-    n_tok = bias.shape[-1]
-    masks = _group_masks(bias, shift_mask)
-    outs = []
-    for group, q, k, v in _groups(rows, batch, counts, n_tok, heads):
-        count = q.shape[1]
-        mask = masks[group].to(q.dtype)
-        if mask.shape[0] == 1:  # one mask for every window: one call
-            o = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask,
-                                               dropout_p=dropout, scale=scale)
-            o = o.view(batch, count, heads, n_tok, -1).transpose(2, 3)  # (B, n, N, h, d)
-        else:  # one mask per window: one call per clip
-            o = torch.stack([F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=mask, dropout_p=dropout,
-                                                            scale=scale).transpose(1, 2) for i in range(batch)])
-        outs.append(o.reshape(-1, heads * o.shape[-1]))  # (B*n*N, C)
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+def _attend_sdpa(rows: Tensor, masks: Sequence[Tensor], batch: int, layout: GroupLayout, heads: int, scale: float,
+                 dropout: float) -> Tensor:
+    """Window attention through ``F.scaled_dot_product_attention`` (any device; GPU, inference, dropout).
+
+    One call per window group, on its real query rows; output rows of padding queries are zero.
+    """
+    n_tok = masks[0].shape[-1]
+    out = rows.new_zeros(rows.shape[0], rows.shape[1] // 3)
+    for (count, real), mask, (span, q, k, v) in zip(layout, masks, _groups(rows, batch, layout, n_tok, heads)):
+        o = F.scaled_dot_product_attention(q[..., :real, :].flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                           attn_mask=mask[None].to(q.dtype), dropout_p=dropout, scale=scale)
+        _real_rows(out, span, batch, count, real, heads).copy_(o.view(batch, count, heads, real, -1))
+    return out
 
 
 # --- the module -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A :class:`WindowPlan` made ready for ``batch`` clips on one device.
+
+    Attributes:
+        plan: the clip's windows.
+        gather: token rows <-> window rows of the whole batch: every clip's windows of the first
+            group, then of the next (see :func:`~dust.models.window_rows.batch_row_gather`).
+        bias_index: per group, the ``(real * N,)`` entries of the relative-position table
+            that make its ``(h, real, N)`` bias.
+        shift_masks: per group, its shift mask on the device, or None.
+    """
+
+    plan: WindowPlan
+    gather: RowGather
+    bias_index: tuple[Tensor, ...]
+    shift_masks: tuple[Tensor | None, ...]
+
+    @property
+    def layout(self) -> GroupLayout:
+        return tuple((group.count, group.real) for group in self.plan.groups)
 
 
 class WindowAttention3d(ShiftedWindowAttention3d):
@@ -282,60 +328,58 @@ class WindowAttention3d(ShiftedWindowAttention3d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._plans: dict[tuple, tuple[WindowPlan, RowGather]] = {}
+        self._plans: dict[tuple, BatchPlan] = {}
 
-    def plan(self, batch: int, size: tuple[int, int, int], device: torch.device) -> tuple[WindowPlan, RowGather]:
-        """The window plan for ``batch`` clips of ``size`` tokens, with its batch-wide row gather on ``device``.
-
-        Window rows are ordered interior windows of every clip, then border windows of every
-        clip (see :func:`~dust.models.window_rows.batch_row_gather`). Built once per
-        (batch, size, device) and cached.
-        """
+    def plan(self, batch: int, size: tuple[int, int, int], device: torch.device) -> BatchPlan:
+        """The :class:`BatchPlan` for ``batch`` clips of ``size`` tokens on ``device``; built once and cached."""
         key = (batch, size, device)
         found = self._plans.get(key)  # a plain lookup, which torch.compile traces
         return found if found is not None else self._build_plan(key)
 
     @torch.compiler.disable
-    def _build_plan(self, key: tuple) -> tuple[WindowPlan, RowGather]:
+    def _build_plan(self, key: tuple) -> BatchPlan:
         batch, size, device = key
         if len(self._plans) >= 16:
             self._plans.clear()
         plan = plan_windows(size, self.window_size, self.shift_size)
-        cut = plan.num_interior * plan.window_volume
-        gather = batch_row_gather((plan.index[:cut], plan.index[cut:]), batch, size[0] * size[1] * size[2])
-        mask = None if plan.border_mask is None else plan.border_mask.to(device)
-        plan = WindowPlan(plan.window, plan.shift, plan.num_interior, plan.num_border, plan.index, mask)
-        self._plans[key] = (plan, None if gather is None else tuple(t.to(device) for t in gather))
+        gather = batch_row_gather(plan.group_indices(), batch, size[0] * size[1] * size[2])
+        volume = plan.window_volume
+        relative = self.relative_position_index[:volume, :volume].to(device)  # type: ignore[index]
+        bias_index = tuple(relative[group.order[: group.real].to(device)][:, group.order.to(device)].reshape(-1)
+                           for group in plan.groups)
+        shift_masks = tuple(None if group.shift_mask is None else group.shift_mask.to(device) for group in plan.groups)
+        self._plans[key] = BatchPlan(plan, None if gather is None else tuple(t.to(device) for t in gather),
+                                     bias_index, shift_masks)
         return self._plans[key]
 
-    def _relative_position_bias(self, volume: int) -> Tensor:
-        """``(h, N, N)`` bias of the (possibly clamped) window, as torchvision indexes it."""
-        index = self.relative_position_index[:volume, :volume].reshape(-1)  # type: ignore[index]
+    def _masks(self, batch_plan: BatchPlan) -> list[Tensor]:
+        """Each group's ``(h, real, N)`` additive mask: relative-position bias, plus the shift mask where it has one."""
         table = self.relative_position_bias_table.t()  # (h, relative positions)
-        return table.index_select(1, index).view(-1, volume, volume)
+        n_tok = batch_plan.plan.window_volume
+        masks = []
+        for group, index, shift_mask in zip(batch_plan.plan.groups, batch_plan.bias_index, batch_plan.shift_masks):
+            bias = table.index_select(1, index).view(-1, group.real, n_tok)
+            masks.append(bias if shift_mask is None else bias + shift_mask.to(bias.dtype))
+        return masks
 
     def forward(self, x: Tensor) -> Tensor:
         if self.impl == "reference":
             return super().forward(x)
         b, t, h, w, c = x.shape
         heads = self.num_heads
-        plan, gather = self.plan(b, (t, h, w), x.device)
-        n_tok = plan.window_volume
+        batch_plan = self.plan(b, (t, h, w), x.device)
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(-1, 3 * c)  # (B*T*H*W, 3C)
         fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
-        rows = to_windows(qkv, fill, gather)  # (B*windows*N, 3C)
-
-        bias = self._relative_position_bias(n_tok)  # (h, N, N)
-        shift_mask = None if plan.border_mask is None else plan.border_mask.to(bias.dtype)  # (border windows, 1, N, N)
-        counts = (plan.num_interior, plan.num_border)
+        rows = to_windows(qkv, fill, batch_plan.gather)  # (B*windows*N, 3C)
+        masks = self._masks(batch_plan)
         scale = (c // heads) ** -0.5
         dropout = self.attention_dropout if self.training else 0.0
-        if (x.device.type == "cpu" and rows.dtype in _CPU_TRAINING_DTYPES and bias.requires_grad
+        if (x.device.type == "cpu" and rows.dtype in _CPU_TRAINING_DTYPES and masks[0].requires_grad
                 and torch.is_grad_enabled() and not dropout):
-            out = _WindowAttentionCPU.apply(rows, bias, shift_mask, b, counts, heads, scale)
+            out = _WindowAttentionCPU.apply(rows, b, batch_plan.layout, heads, scale, *masks)
         else:
-            out = _attend_sdpa(rows, bias, shift_mask, b, counts, heads, scale, dropout)  # (B*windows*N, C)
-        out = to_tokens(out, gather)  # (B*T*H*W, C)
+            out = _attend_sdpa(rows, masks, b, batch_plan.layout, heads, scale, dropout)  # (B*windows*N, C)
+        out = to_tokens(out, batch_plan.gather)  # (B*T*H*W, C)
         out = F.linear(out, self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)
         return out.view(b, t, h, w, c)
