@@ -57,8 +57,9 @@ def test_matches_torchvision_attention(size, window, shift, train):
 @pytest.mark.parametrize("size, window, shift", CASES)
 @pytest.mark.parametrize("scores_per_call", [1, 5000])
 def test_backward_in_chunks_of_clips_matches_torchvision(size, window, shift, scores_per_call, monkeypatch):
-    """Backward takes a few clips at a time (one with a budget of 1; with 5000, two of the three
-    where a group's windows are small): every split gives torchvision's gradients."""
+    """Backward recomputes the scores in chunks (one window at a time with a budget of 1; with 5000,
+    two clips of three where a group's windows are small, part of a clip's windows where they are
+    many): every split gives torchvision's gradients."""
     monkeypatch.setattr(video_attention, "_SCORES_PER_CALL", scores_per_call)
     stock, fast = _pair(size, window, shift)
     x = torch.randn(3, *size, 16)

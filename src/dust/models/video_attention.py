@@ -176,9 +176,19 @@ _EXP_FLOOR = -30.0
 _CPU_TRAINING_DTYPES = (torch.float32, torch.bfloat16)
 
 
-# Backward recomputes the scores a few clips at a time: as many as keep one ``(clips, windows, h,
-# real, N)`` buffer within this many elements (16 MiB in float32), and at least one clip.
+# Backward recomputes the scores in chunks of at most this many elements (16 MiB in float32): a few
+# clips at a time where a clip's windows are small, a part of a clip's windows where they are many.
 _SCORES_PER_CALL = 1 << 22
+
+
+def _score_chunks(batch: int, windows: int, per_window: int) -> list[tuple[slice, slice]]:
+    """(clips, windows) index pairs covering ``(batch, windows)``, each within :data:`_SCORES_PER_CALL` elements."""
+    per_clip = windows * per_window
+    if per_clip <= _SCORES_PER_CALL:
+        clips = _SCORES_PER_CALL // per_clip
+        return [(slice(c, c + clips), slice(None)) for c in range(0, batch, clips)]
+    step = max(1, _SCORES_PER_CALL // per_window)
+    return [(slice(c, c + 1), slice(w, w + step)) for c in range(batch) for w in range(0, windows, step)]
 
 GroupLayout = tuple[tuple[int, int], ...]
 """``(windows per clip, real positions per window)`` of each :class:`WindowGroup`, in row order."""
@@ -256,9 +266,7 @@ class _WindowAttentionCPU(torch.autograd.Function):
             # bfloat16, O is rounded and dP - D cancels, so there D = rowsum(dP * P) from the N x N ones.
             row_term = (go * o).sum(-1, keepdim=True) if product_dtype == torch.float32 else None
             grad_mask = torch.zeros_like(mask, dtype=torch.promote_types(mask.dtype, torch.float32))
-            clips = max(1, _SCORES_PER_CALL // (count * heads * real * n_tok))
-            for first in range(0, batch, clips):
-                i = slice(first, first + clips)  # (c, n, h, real, d) queries, (c, n, h, real, N) scores
+            for i in _score_chunks(batch, count, heads * real * n_tok):  # (c, n, h, real, ...) pieces
                 q_scaled = q[i].float() * scale  # scale the small operands, not the scores
                 scores = torch.matmul(q_scaled, k[i].float().transpose(-2, -1))
                 q_scaled, k_scaled = q_scaled.to(product_dtype), k[i] * scale
