@@ -26,6 +26,14 @@ CASES = [
 ]
 
 
+@pytest.fixture
+def nan_for_unset_memory():
+    """New tensors start as NaN (deterministic mode fills ``torch.empty``), so a row never written shows."""
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 def _pair(size, window, shift, dim=16, heads=2):
     stock = ShiftedWindowAttention3d(dim, list(window), list(shift), heads)
     fast = WindowAttention3d(dim, list(window), list(shift), heads)
@@ -56,10 +64,11 @@ def test_matches_torchvision_attention(size, window, shift, train):
 
 @pytest.mark.parametrize("size, window, shift", CASES)
 @pytest.mark.parametrize("scores_per_call", [1, 5000])
-def test_backward_in_chunks_of_clips_matches_torchvision(size, window, shift, scores_per_call, monkeypatch):
+def test_backward_in_chunks_of_clips_matches_torchvision(size, window, shift, scores_per_call, monkeypatch,
+                                                         nan_for_unset_memory):
     """Backward recomputes the scores in chunks (one window at a time with a budget of 1; with 5000,
     two clips of three where a group's windows are small, part of a clip's windows where they are
-    many): every split gives torchvision's gradients."""
+    many): every split gives torchvision's gradients, and no gradient row is left unwritten."""
     monkeypatch.setattr(video_attention, "_SCORES_PER_CALL", scores_per_call)
     stock, fast = _pair(size, window, shift)
     x = torch.randn(3, *size, 16)
@@ -117,6 +126,7 @@ def test_inference_matches_torchvision_attention(size, window, shift):
 def test_windows_are_grouped_by_shift_cut():
     plan = plan_windows((16, 21, 21), [8, 7, 7], [4, 3, 3])  # 2 x 3 x 3 windows, no padding
     assert plan.window == (8, 7, 7) and plan.shift == (4, 3, 3)
+    assert len(plan.groups) == 8  # cut by the shift or not, in each of t, h and w
     first, *cut = plan.groups
     assert (first.count, first.real, first.shift_mask) == (4, 392, None)  # not cut by the shift: no mask
     assert sum(group.count for group in cut) == 14 and all(group.real == 392 for group in cut)
@@ -142,6 +152,18 @@ def test_window_index_covers_every_token_once():
     plan = plan_windows((5, 9, 11), [2, 4, 4], [1, 2, 2])
     real = plan.index[plan.index >= 0]
     assert sorted(real.tolist()) == list(range(5 * 9 * 11))
+
+
+def test_a_plan_built_for_inference_serves_training():
+    """A validation or prediction pass first (inference mode) must not leave a plan training cannot use."""
+    stock, fast = _pair((4, 9, 11), [2, 4, 4], [1, 2, 2])
+    x = torch.randn(2, 4, 9, 11, 16)
+    with torch.inference_mode():
+        fast.eval()(x)
+    fast.train()(x).sum().backward()
+    stock(x).sum().backward()
+    torch.testing.assert_close(fast.relative_position_bias_table.grad, stock.relative_position_bias_table.grad,
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_plan_and_mask_are_built_once_per_shape():

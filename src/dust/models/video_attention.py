@@ -12,8 +12,8 @@ outputs, less work. What it does differently:
   and then crops it away).
 - **Scaled-dot-product attention with one float mask per window group.** The
   relative-position bias and the shift mask are folded into one additive mask for
-  ``F.scaled_dot_product_attention`` (fused kernels: flash attention on CPU and on
-  GPU). Windows are grouped by where their padding lies and how the shift cuts them
+  ``F.scaled_dot_product_attention`` (fused kernels: flash attention on the CPU,
+  memory-efficient attention on a GPU, where a float mask rules out flash). Windows are grouped by where their padding lies and how the shift cuts them
   (:class:`WindowGroup`): a group's windows share one mask, so each group is one call
   for the whole batch.
 - **Only real queries.** Inside a window, rows are reordered real tokens first. Padding
@@ -22,7 +22,7 @@ outputs, less work. What it does differently:
   42 % and 67 % of the first two stages' window rows are padding).
 - **Training on CPU.** PyTorch's CPU flash kernel cannot give the gradient of the
   mask, and the bias table must learn; :class:`_WindowAttentionCPU` runs the fused kernel
-  forward (nothing of size ``N x N`` is kept) and recomputes the scores in backward. It
+  forward (nothing of size ``N x N`` per clip is kept) and recomputes the scores in backward. It
   trains in float32 and in bfloat16 autocast (products in bfloat16, softmax in float32).
 
 Shapes: ``B`` batch, ``(T, H, W)`` tokens, ``C`` channels, ``N`` tokens per window,
@@ -32,8 +32,9 @@ Shapes: ``B`` batch, ``(T, H, W)`` tokens, ``C`` channels, ``N`` tokens per wind
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +177,8 @@ _EXP_FLOOR = -30.0
 _CPU_TRAINING_DTYPES = (torch.float32, torch.bfloat16)
 
 
-# Backward recomputes the scores in chunks of at most this many elements (16 MiB in float32): a few
+# Backward recomputes the scores in chunks of about this many elements (16 MiB in float32; two such
+# buffers are alive at once, three in bfloat16, and one window with many heads may exceed it): a few
 # clips at a time where a clip's windows are small, a part of a clip's windows where they are many.
 _SCORES_PER_CALL = 1 << 22
 
@@ -225,9 +227,10 @@ class _WindowAttentionCPU(torch.autograd.Function):
     learned relative-position bias. Forward runs the flash kernel, one call per window group
     (the real query rows of every window of every clip against all ``N`` keys, one shared
     ``(h, real, N)`` mask), and keeps the rows, the output and the row log-sum-exp: nothing of
-    size ``N x N``. Backward goes a few clips at a time, recomputes the probabilities from the
-    log-sum-exp and writes the gradients of q, k, v straight into the rows' layout. Output rows
-    of padding queries are left unset (nothing reads them) and their query gradients are zero.
+    size ``N x N`` per clip. Backward goes a chunk of windows at a time, recomputes the
+    probabilities from the log-sum-exp and writes the gradients of q, k, v straight into the
+    rows' layout. Output rows of padding queries are left unset (nothing reads them) and their
+    query gradients are zero.
     """
 
     @staticmethod
@@ -345,6 +348,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         return found if found is not None else self._build_plan(key)
 
     @torch.compiler.disable
+    @torch.inference_mode(False)  # a plan first built for inference must serve training too
     def _build_plan(self, key: tuple) -> BatchPlan:
         batch, size, device = key
         if len(self._plans) >= 16:
