@@ -13,9 +13,9 @@ outputs, less work. What it does differently:
 - **Scaled-dot-product attention with one float mask per window group.** The
   relative-position bias and the shift mask are folded into one additive mask for
   ``F.scaled_dot_product_attention`` (fused kernels: flash attention on the CPU,
-  memory-efficient attention on a GPU, where a float mask rules out flash). Windows are grouped by where their padding lies and how the shift cuts them
-  (:class:`WindowGroup`): a group's windows share one mask, so each group is one call
-  for the whole batch.
+  memory-efficient attention on a GPU, where a float mask rules out flash). Windows are
+  grouped by where their padding lies and how the shift cuts them (:class:`WindowGroup`):
+  a group's windows share one mask, so each group is one call for the whole batch.
 - **Only real queries.** Inside a window, rows are reordered real tokens first. Padding
   tokens are keys (as in torchvision) but never queries: their outputs are cropped
   away, so they are not computed (on 16x64x64 clips, with the paper's 8x7x7 window,
@@ -184,13 +184,15 @@ _SCORES_PER_CALL = 1 << 22
 
 
 def _score_chunks(batch: int, windows: int, per_window: int) -> list[tuple[slice, slice]]:
-    """(clips, windows) index pairs covering ``(batch, windows)``, each within :data:`_SCORES_PER_CALL` elements."""
+    """(clips, windows) index pairs covering ``(batch, windows)``, each within :data:`_SCORES_PER_CALL` elements
+    (or one window, where a single window exceeds it)."""
     per_clip = windows * per_window
     if per_clip <= _SCORES_PER_CALL:
         clips = _SCORES_PER_CALL // per_clip
         return [(slice(c, c + clips), slice(None)) for c in range(0, batch, clips)]
     step = max(1, _SCORES_PER_CALL // per_window)
     return [(slice(c, c + 1), slice(w, w + step)) for c in range(batch) for w in range(0, windows, step)]
+
 
 GroupLayout = tuple[tuple[int, int], ...]
 """``(windows per clip, real positions per window)`` of each :class:`WindowGroup`, in row order."""
@@ -215,7 +217,7 @@ def _real_rows(rows: Tensor, span: slice, batch: int, count: int, real: int, hea
 
 
 def _flash_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """PyTorch's CPU flash kernel: ``(b, h, Nq, d)`` output over ``(b, Nq, h, d)`` memory, and ``(b, h, Nq)`` log-sum-exp."""
+    """PyTorch's CPU flash kernel: ``(b, h, Nq, d)`` output over ``(b, Nq, h, d)`` memory, ``(b, h, Nq)`` log-sum-exp."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                       scale=scale)
 
