@@ -217,7 +217,7 @@ def _real_rows(rows: Tensor, span: slice, batch: int, count: int, real: int, hea
 
 
 def _flash_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """PyTorch's CPU flash kernel: ``(b, h, Nq, d)`` output over ``(b, Nq, h, d)`` memory, ``(b, h, Nq)`` log-sum-exp."""
+    """PyTorch's CPU flash kernel: ``(b, h, Nq, d)`` output laid out ``(b, Nq, h, d)``, ``(b, h, Nq)`` log-sum-exp."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                       scale=scale)
 
