@@ -209,3 +209,10 @@ def test_run_refuses_an_empty_stage_list_and_a_workdir_that_is_a_file(tmp_path, 
     assert "--stages: no stage given" in capsys.readouterr().err
     assert main(["run", "--workdir", str(tmp_path / "afile"), "--stages", "gen-data"]) == 2
     assert "afile is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_run_failing_before_it_writes_leaves_no_workdir(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["run", "--workdir", str(workdir), "--stages", "train-video", "--num_epochs", "1"]) == 2
+    assert "video_train.pkl: no such file" in capsys.readouterr().err
+    assert not workdir.exists()

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                              f"prepare it again with rows split=val or more clips per class")
         stages = [s for s in stages if s != "gen-data"]
     workdir = Path(args.workdir)
-    ensure_writable_folder(workdir)
+    ensure_writable_folder(workdir, create=False)  # the stages make it as they write: a run failing first leaves nothing
     parsed = {name: _stage_args(name, args.config, args.extra, workdir) for name in stages}
     unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
     if unknown:
