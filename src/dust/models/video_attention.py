@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, _get_window_and_shift_size
 
+from .recompute import remember
 from .window_rows import RowGather, batch_row_gather, to_tokens, to_windows
 
 __all__ = ["AttentionImpl", "BatchPlan", "WindowAttention3d", "WindowGroup", "WindowPlan", "plan_windows"]
@@ -388,12 +389,16 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         masks = self._masks(batch_plan)
         scale = (c // heads) ** -0.5
         dropout = self.attention_dropout if self.training else 0.0
-        if (x.device.type == "cpu" and rows.dtype in _CPU_TRAINING_DTYPES and masks[0].requires_grad
-                and torch.is_grad_enabled() and not dropout):
+        on_cpu_kernel = (x.device.type == "cpu" and rows.dtype in _CPU_TRAINING_DTYPES and masks[0].requires_grad
+                         and torch.is_grad_enabled() and not dropout)
+        if on_cpu_kernel:
             out = _WindowAttentionCPU.apply(rows, b, batch_plan.layout, heads, scale, *masks)
         else:
             out = _attend_sdpa(rows, masks, b, batch_plan.layout, heads, scale, dropout)  # (B*windows*N, C)
-        out = to_tokens(out, batch_plan.gather)  # (B*T*H*W, C)
-        out = F.linear(out, self.proj.weight, self.proj.bias)
+        tokens = to_tokens(out, batch_plan.gather)  # (B*T*H*W, C)
+        if on_cpu_kernel and tokens is not out:  # the output projection saves a gather of what backward keeps
+            kept, inverse = out.detach(), batch_plan.gather[2]
+            remember(tokens, lambda: kept.index_select(0, inverse))
+        out = F.linear(tokens, self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)
         return out.view(b, t, h, w, c)
