@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .recompute import remember, saved_recipes
 
 __all__ = ["RecomputedGeluMLP"]
 
@@ -15,10 +18,12 @@ class RecomputedGeluMLP(nn.Sequential):
 
     Autograd keeps the hidden pre-activation (for GELU's gradient) and GELU's output (for the
     second layer's weight gradient), each ``mlp_ratio`` times the block's width. Here the
-    second is recomputed from the first in backward, one elementwise pass; gradients are
-    bit-identical. The plain forward runs instead where there is nothing to gain: without
-    autograd, with dropout active, under ``torch.compile`` (which plans its own recomputation)
-    and inside activation checkpointing (``recompute = False``; nothing is stored there anyway).
+    second is recomputed from the first in backward, one elementwise pass
+    (:mod:`~dust.models.recompute`); gradients are bit-identical. The plain forward runs
+    instead where there is nothing to gain: without autograd, with dropout active, under
+    ``torch.compile`` (which plans its own recomputation), with ``recompute = False`` (set
+    under activation checkpointing, which stores nothing anyway) and where
+    :func:`~dust.models.recompute.saved_recipes` steps aside.
     """
 
     recompute: bool = True
@@ -36,21 +41,9 @@ class RecomputedGeluMLP(nn.Sequential):
         dropping = self.training and (drop1.p > 0 or drop2.p > 0)
         if not self.recompute or dropping or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(x)
-        hidden = fc1(x)
-        activated = act(hidden)
-        storage = activated.untyped_storage().data_ptr()
-
-        def pack(saved: Tensor) -> Tensor | tuple:
-            if saved.untyped_storage().data_ptr() != storage:
-                return saved
-            return hidden, saved.size(), saved.stride(), saved.storage_offset()  # fc2 saves (a view of) GELU's output
-
-        def unpack(packed: Tensor | tuple) -> Tensor:
-            if isinstance(packed, Tensor):
-                return packed
-            pre, size, stride, offset = packed
-            return act(pre).as_strided(size, stride, offset)
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            out = fc2(activated)
-        return drop2(out)
+        with saved_recipes():
+            hidden = fc1(x)
+            activated = act(hidden)
+            pre = hidden.detach()
+            remember(activated, lambda: F.gelu(pre, approximate=act.approximate), (pre,))
+            return drop2(fc2(activated))

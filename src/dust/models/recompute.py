@@ -2,10 +2,11 @@
 
 In a Swin block the ``qkv`` projection saves the first norm's output for its weight gradient,
 the MLP's first layer the second norm's output, and the output projection the attention's
-rows put back in token order. Each is one elementwise pass or one gather away from a tensor
-autograd keeps anyway (the norm's input, the attention's output). Inside
-:func:`saved_recipes`, a module that made such a tensor names it with :func:`remember`, and
-any op saving it keeps the recipe instead; backward runs the recipe when it needs the tensor.
+rows put back in token order. Each is one elementwise pass or one gather away from tensors
+autograd keeps anyway (the norm's input and parameters, the attention's output), so keeping
+the recipe instead saves its memory for a pass in backward. Inside :func:`saved_recipes`, a
+module that made such a tensor names it with :func:`remember`, and any op saving it keeps the
+recipe instead; backward runs the recipe when it needs the tensor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +23,34 @@ from torch import Tensor, nn
 __all__ = ["RecomputedLayerNorm", "remember", "saved_recipes"]
 
 
-class _Recipe(NamedTuple):
-    recompute: Callable[[], Tensor]
-    size: torch.Size
-    stride: tuple[int, ...]
-    offset: int
-
-
 class _Entry(NamedTuple):
     tensor: weakref.ref
     version: int
     dtype: torch.dtype
     recompute: Callable[[], Tensor]
+    reads: tuple[Tensor, ...]
+    read_versions: tuple[int, ...]
+
+
+class _Recipe(NamedTuple):
+    entry: _Entry
+    size: torch.Size
+    stride: tuple[int, ...]
+    offset: int
+
+
+class _Kept(NamedTuple):
+    tensor: Tensor
+    version: int
+
+
+def _check_version(tensor: Tensor, expected: int) -> None:
+    """Raise as autograd does where a tensor backward needs was changed in place after the forward."""
+    if tensor._version != expected:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"[{tensor.dtype} {list(tensor.shape)}] is at version {tensor._version}; expected version {expected} "
+            "instead")
 
 
 class _Recipes:
@@ -43,26 +60,40 @@ class _Recipes:
         self.entries: dict[int, _Entry] = {}
 
     def find(self, tensor: Tensor) -> _Entry | None:
-        """The entry of ``tensor`` or a view of it: alive (else its memory may belong to another tensor now),
-        unmodified since and of the same type."""
-        entry = self.entries.get(tensor.untyped_storage().data_ptr())
-        if entry is None or entry.tensor() is None or tensor._version != entry.version or tensor.dtype != entry.dtype:
+        """The entry of ``tensor`` or a view of it: the named tensor still alive and still owning that memory
+        (else the memory may belong to another tensor now), unmodified since and of the same type."""
+        address = tensor.untyped_storage().data_ptr()
+        entry = self.entries.get(address)
+        if entry is None or tensor._version != entry.version or tensor.dtype != entry.dtype:
+            return None
+        named = entry.tensor()
+        if named is None or named.untyped_storage().data_ptr() != address:
             return None
         return entry
 
-    def pack(self, saved: Tensor) -> Tensor | _Recipe:
+    def pack(self, saved: Tensor) -> _Kept | _Recipe:
         entry = self.find(saved)
-        return saved if entry is None else _Recipe(entry.recompute, saved.size(), saved.stride(), saved.storage_offset())
+        if entry is None:  # kept, with its version: the hooks replace autograd's own in-place check
+            return _Kept(saved, saved._version)
+        return _Recipe(entry, saved.size(), saved.stride(), saved.storage_offset())
 
     @staticmethod
-    def unpack(packed: Tensor | _Recipe) -> Tensor:
-        if isinstance(packed, Tensor):
-            return packed
+    def unpack(packed: _Kept | _Recipe) -> Tensor:
+        if isinstance(packed, _Kept):
+            _check_version(packed.tensor, packed.version)
+            return packed.tensor
+        entry = packed.entry
+        for tensor, version in zip(entry.reads, entry.read_versions):
+            _check_version(tensor, version)
         with torch.no_grad():
-            return packed.recompute().as_strided(packed.size, packed.stride, packed.offset)
+            return entry.recompute().as_strided(packed.size, packed.stride, packed.offset)
 
 
 _ACTIVE: ContextVar[_Recipes | None] = ContextVar("dust_saved_recipes", default=None)
+
+MIN_BYTES = 4 << 20
+"""Smaller tensors are kept as they are: the memory is little and a recipe's fixed cost shows (the paper video
+model's step on two 16x64x64 clips, whose tensors are 0.5-2 MB, took 3 % longer recomputing them all)."""
 
 
 def _active() -> _Recipes | None:
@@ -70,11 +101,12 @@ def _active() -> _Recipes | None:
 
 
 def _other_hooks_active() -> bool:
-    """Whether saved-tensor hooks are already set (activation checkpointing, offloading): never shadow them."""
+    """Whether saved-tensor hooks are already set (activation checkpointing, offloading): never shadow them.
+    Where PyTorch cannot tell (a release without the query), assume they are."""
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     try:
-        return top is not None and top(False) is not None
-    except TypeError:  # another signature in another release: assume there are
+        return top is None or top(False) is not None
+    except TypeError:
         return True
 
 
@@ -82,11 +114,13 @@ def _other_hooks_active() -> bool:
 def saved_recipes(enabled: bool = True) -> Iterator[None]:
     """Inside the block, tensors named with :func:`remember` are saved for backward as their recipes.
 
-    Does nothing without autograd, under ``torch.compile`` (which plans its own recomputation),
-    under autocast (the next layer saves a cast copy, not the tensor) and where other
-    saved-tensor hooks are active.
+    Every other tensor autograd saves in the block is kept as it is, and backward still raises
+    if one was changed in place in between, as without the block. Inside another such block it
+    adds to that one. Does nothing without autograd, under ``torch.compile`` (which plans its
+    own recomputation), under autocast (the next layer saves a cast copy, not the tensor) and
+    where other saved-tensor hooks are active.
     """
-    if (not enabled or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+    if (not enabled or _active() is not None or not torch.is_grad_enabled() or torch.compiler.is_compiling()
             or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda") or _other_hooks_active()):
         yield
         return
@@ -97,24 +131,33 @@ def saved_recipes(enabled: bool = True) -> Iterator[None]:
             yield
     finally:
         _ACTIVE.reset(token)
+        recipes.entries.clear()  # the saved recipes hold what they need; the graph holds `pack`
 
 
-def remember(output: Tensor, recompute: Callable[[], Tensor]) -> None:
+def remember(output: Tensor, recompute: Callable[[], Tensor], reads: Sequence[Tensor | None]) -> None:
     """Inside :func:`saved_recipes`: an op saving ``output`` (or a view of it) keeps ``recompute`` instead.
 
-    ``recompute()`` runs in backward, without autograd, and must return ``output``'s values in
-    its layout from tensors autograd keeps anyway (it holds what it refers to until backward).
-    Elsewhere this does nothing.
+    ``output`` must be a fresh contiguous tensor owning its memory, of :data:`MIN_BYTES` or more
+    (others are left alone), and
+    ``recompute()`` must return its values in its layout, from ``reads``: tensors autograd keeps
+    anyway, which it holds until backward has used it. If one of them is changed in place before
+    then, backward raises. Elsewhere this does nothing.
     """
     recipes = _active()
-    if recipes is not None and output.requires_grad:
-        recipes.entries[output.untyped_storage().data_ptr()] = _Entry(
-            weakref.ref(output), output._version, output.dtype, recompute)
+    if recipes is None or not output.requires_grad or not output.is_contiguous() or output.storage_offset() != 0:
+        return
+    size = output.numel() * output.element_size()
+    if size < MIN_BYTES or output.untyped_storage().nbytes() != size:
+        return
+    kept = tuple(t for t in reads if t is not None)
+    recipes.entries[output.untyped_storage().data_ptr()] = _Entry(
+        weakref.ref(output), output._version, output.dtype, recompute, kept, tuple(t._version for t in kept))
 
 
 class RecomputedLayerNorm(nn.LayerNorm):
     """:class:`torch.nn.LayerNorm` (same parameters and outputs) whose output, inside :func:`saved_recipes`,
-    autograd keeps as a recipe: the norm of its input, which the norm's own backward keeps."""
+    autograd keeps as a recipe: the norm of its input with the parameters this forward used, all of
+    which the norm's own backward keeps."""
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
@@ -122,6 +165,6 @@ class RecomputedLayerNorm(nn.LayerNorm):
         # Not from an input that is a recipe itself (the norm after the patch embedding's): holding it for
         # this recipe would keep its memory, and the norm's backward would recompute it for nothing.
         if recipes is not None and recipes.find(x) is None:
-            source = x.detach()
-            remember(out, lambda: F.layer_norm(source, self.normalized_shape, self.weight, self.bias, self.eps))
+            source, shape, weight, bias, eps = x.detach(), self.normalized_shape, self.weight, self.bias, self.eps
+            remember(out, lambda: F.layer_norm(source, shape, weight, bias, eps), (source, weight, bias))
         return out

@@ -398,7 +398,7 @@ class WindowAttention3d(ShiftedWindowAttention3d):
         tokens = to_tokens(out, batch_plan.gather)  # (B*T*H*W, C)
         if on_cpu_kernel and tokens is not out:  # the output projection saves a gather of what backward keeps
             kept, inverse = out.detach(), batch_plan.gather[2]
-            remember(tokens, lambda: kept.index_select(0, inverse))
+            remember(tokens, lambda: kept.index_select(0, inverse), (kept,))
         out = F.linear(tokens, self.proj.weight, self.proj.bias)
         out = F.dropout(out, p=self.dropout, training=self.training)
         return out.view(b, t, h, w, c)
