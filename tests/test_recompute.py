@@ -190,8 +190,40 @@ def test_small_tensors_are_kept_as_they_are(monkeypatch):
     monkeypatch.setattr(recompute_module, "MIN_BYTES", 5 * 7 * 4 + 1)
     x = torch.randn(5, 7, requires_grad=True)
     calls: list[int] = []
-    out, doubled = _doubled_then_sine(x, calls)
-    gc.collect()
-    assert doubled() is not None
+    out, _ = _doubled_then_sine(x, calls)
     out.sum().backward()
     assert calls == []
+    torch.testing.assert_close(x.grad, 2 * torch.cos(2 * x.detach()), rtol=0, atol=0)
+
+
+def test_a_graph_dropped_without_backward_is_freed():
+    x = torch.randn(5, 7, requires_grad=True)
+    with saved_recipes():
+        out = x.exp()  # exp saves its own output
+    freed = weakref.ref(out)
+    del out
+    gc.collect()
+    assert freed() is None
+
+
+def test_gelu_is_recomputed_under_bf16_autocast_too(monkeypatch):
+    torch.manual_seed(0)
+    mlp = RecomputedGeluMLP.from_sequential(torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Dropout(0.0), torch.nn.Linear(32, 8), torch.nn.Dropout(0.0)))
+    x = torch.randn(64, 8, requires_grad=True)
+    calls = []
+    recompute = recompute_module.remember
+
+    def counted(output, again, reads):
+        recompute(output, lambda: calls.append(1) or again(), reads)
+
+    def grads() -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mlp(x)
+        return list(torch.autograd.grad(out.float().square().sum(), [x, *mlp.parameters()]))
+
+    monkeypatch.setattr("dust.models.mlp.remember", counted)
+    with_recipe = grads()
+    assert calls == [1]
+    monkeypatch.setattr(recompute_module, "_other_hooks_active", lambda: True)
+    assert all(torch.equal(a, b) for a, b in zip(with_recipe, grads()))

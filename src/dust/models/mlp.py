@@ -18,8 +18,8 @@ class RecomputedGeluMLP(nn.Sequential):
 
     Autograd keeps the hidden pre-activation (for GELU's gradient) and GELU's output (for the
     second layer's weight gradient), each ``mlp_ratio`` times the block's width. Here the
-    second is recomputed from the first in backward, one elementwise pass
-    (:mod:`~dust.models.recompute`); gradients are bit-identical. The plain forward runs
+    second is recomputed from the first in backward, one elementwise pass, where it is 4 MiB or
+    more (:mod:`~dust.models.recompute`); gradients are bit-identical. The plain forward runs
     instead where there is nothing to gain: without autograd, with dropout active, under
     ``torch.compile`` (which plans its own recomputation), with ``recompute = False`` (set
     under activation checkpointing, which stores nothing anyway) and where

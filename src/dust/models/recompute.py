@@ -73,8 +73,8 @@ class _Recipes:
 
     def pack(self, saved: Tensor) -> _Kept | _Recipe:
         entry = self.find(saved)
-        if entry is None:  # kept, with its version: the hooks replace autograd's own in-place check
-            return _Kept(saved, saved._version)
+        if entry is None:  # kept with its version (the hooks replace autograd's own in-place check), detached:
+            return _Kept(saved.detach(), saved._version)  # an op saving its own output would otherwise hold its graph
         return _Recipe(entry, saved.size(), saved.stride(), saved.storage_offset())
 
     @staticmethod
@@ -117,11 +117,10 @@ def saved_recipes(enabled: bool = True) -> Iterator[None]:
     Every other tensor autograd saves in the block is kept as it is, and backward still raises
     if one was changed in place in between, as without the block. Inside another such block it
     adds to that one. Does nothing without autograd, under ``torch.compile`` (which plans its
-    own recomputation), under autocast (the next layer saves a cast copy, not the tensor) and
-    where other saved-tensor hooks are active.
+    own recomputation) and where other saved-tensor hooks are active.
     """
     if (not enabled or _active() is not None or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda") or _other_hooks_active()):
+            or _other_hooks_active()):
         yield
         return
     recipes = _Recipes()
@@ -138,10 +137,10 @@ def remember(output: Tensor, recompute: Callable[[], Tensor], reads: Sequence[Te
     """Inside :func:`saved_recipes`: an op saving ``output`` (or a view of it) keeps ``recompute`` instead.
 
     ``output`` must be a fresh contiguous tensor owning its memory, of :data:`MIN_BYTES` or more
-    (others are left alone), and
-    ``recompute()`` must return its values in its layout, from ``reads``: tensors autograd keeps
-    anyway, which it holds until backward has used it. If one of them is changed in place before
-    then, backward raises. Elsewhere this does nothing.
+    (others are left alone), and ``recompute()`` must return its values in its layout, without
+    autocast, from ``reads``: tensors autograd keeps anyway, which it holds until backward has
+    used it. If one of them is changed in place before then, backward raises. Elsewhere this
+    does nothing.
     """
     recipes = _active()
     if recipes is None or not output.requires_grad or not output.is_contiguous() or output.storage_offset() != 0:
@@ -157,14 +156,15 @@ def remember(output: Tensor, recompute: Callable[[], Tensor], reads: Sequence[Te
 class RecomputedLayerNorm(nn.LayerNorm):
     """:class:`torch.nn.LayerNorm` (same parameters and outputs) whose output, inside :func:`saved_recipes`,
     autograd keeps as a recipe: the norm of its input with the parameters this forward used, all of
-    which the norm's own backward keeps."""
+    which the norm's own backward keeps. Not under autocast: there the norm's output is float32 and
+    the next layer saves a cast copy of it, never the output itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
         recipes = _active()
         # Not from an input that is a recipe itself (the norm after the patch embedding's): holding it for
         # this recipe would keep its memory, and the norm's backward would recompute it for nothing.
-        if recipes is not None and recipes.find(x) is None:
+        if recipes is not None and not torch.is_autocast_enabled(x.device.type) and recipes.find(x) is None:
             source, shape, weight, bias, eps = x.detach(), self.normalized_shape, self.weight, self.bias, self.eps
             remember(out, lambda: F.layer_norm(source, shape, weight, bias, eps), (source, weight, bias))
         return out

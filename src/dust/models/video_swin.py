@@ -60,10 +60,9 @@ class VideoSwin(SwinTransformer3d):
     Window attention is :class:`~dust.models.video_attention.WindowAttention3d`: torchvision's
     parameters and outputs, a faster forward (see :meth:`set_attention_impl`).
 
-    With autograd on, it keeps the blocks' norm outputs and the attention's token rows as
-    recipes that backward recomputes (:mod:`~dust.models.recompute`): a fifth less activation
-    memory for the paper preset at 77x224x224 (6-13 % for small models on small clips), the
-    same gradients bit for bit.
+    With autograd on, it keeps the blocks' norm outputs and the attention's token rows of 4 MiB
+    or more as recipes that backward recomputes (:mod:`~dust.models.recompute`): a fifth less
+    activation memory for the paper preset at 77x224x224, the same gradients bit for bit.
     """
 
     def __init__(
