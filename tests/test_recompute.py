@@ -10,9 +10,8 @@ import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from dust.models import VideoSwin
+from dust.models import VideoSwin, video_attention
 from dust.models import recompute as recompute_module
-from dust.models import video_attention
 from dust.models.mlp import RecomputedGeluMLP
 from dust.models.recompute import RecomputedLayerNorm, remember, saved_recipes
 
