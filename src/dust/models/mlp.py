@@ -21,9 +21,9 @@ class RecomputedGeluMLP(nn.Sequential):
     second is recomputed from the first in backward, one elementwise pass, where it is 4 MiB or
     more (:mod:`~dust.models.recompute`); gradients are bit-identical. The plain forward runs
     instead where there is nothing to gain: without autograd, with dropout active, under
-    ``torch.compile`` (which plans its own recomputation), with ``recompute = False`` (set
-    under activation checkpointing, which stores nothing anyway) and where
-    :func:`~dust.models.recompute.saved_recipes` steps aside.
+    ``torch.compile`` (which plans its own recomputation), with ``recompute = False`` and where
+    :func:`~dust.models.recompute.saved_recipes` steps aside (inside activation checkpointing,
+    which stores nothing anyway).
     """
 
     recompute: bool = True

@@ -113,18 +113,6 @@ class VideoSwin(SwinTransformer3d):
         )
 
     @property
-    def grad_checkpointing(self) -> bool:
-        """In training, recompute each block in backward (the MLPs then store nothing of their own)."""
-        return self._grad_checkpointing
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, on: bool) -> None:
-        self._grad_checkpointing = bool(on)
-        for module in self.modules():
-            if isinstance(module, RecomputedGeluMLP):
-                module.recompute = not on
-
-    @property
     def feature_dim(self) -> int:
         """Width of the pooled feature that :meth:`forward_features` returns."""
         return self.num_features
