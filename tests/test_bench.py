@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from dust.benchmarking.ceiling import product_ceiling, record_counted_ops
@@ -191,3 +194,21 @@ def test_suite_without_native_bf16_skips_the_bf16_rows_and_epoch(monkeypatch):
     assert [r["mode"] for r in rows if r["workload"] == "matmul peak"] == ["float32", "bfloat16"]
     assert not any(r["mode"].endswith(", bf16") for r in rows)
     assert epochs == ["fast malloc"]
+
+
+@pytest.mark.parametrize("recipe", ["quick_config", "full_config"])
+def test_only_the_full_suite_times_the_time_series_before_figure(monkeypatch, recipe):
+    from dust.benchmarking import suite
+    from dust.benchmarking.workloads import Row
+
+    attentions = []
+    monkeypatch.setattr(suite, "matmul_peak", lambda device, dtype: 100.0)
+    monkeypatch.setattr(suite, "bench_ts", lambda env, peak, **kw: attentions.append(kw.get("attention", "fused"))
+                        or [Row("ts train")])
+    monkeypatch.setattr(suite, "bench_video", lambda env, peak, **kw: [Row("video train")])
+    monkeypatch.setattr(suite, "bench_loader", lambda env, **kw: Row("loader", samples_per_s=1.0))
+    monkeypatch.setattr(suite, "bench_features", lambda env, **kw: Row("features"))
+    monkeypatch.setattr(suite, "stage1_epoch_memory", lambda runs, **kw: iter([]))
+    config = getattr(suite.SuiteConfig, recipe)()
+    suite.run_suite(dataclasses.replace(config, cpu_bf16=False))
+    assert attentions == (["fused"] if recipe == "quick_config" else ["fused", "reference"])

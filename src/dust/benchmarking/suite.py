@@ -35,6 +35,8 @@ class SuiteConfig:
 
     quick: bool
     ts_batch: int = 256
+    ts_plain: bool = True
+    """Also time the time-series model with its plain window attention (the before figure)."""
     video: tuple[tuple[str, tuple[int, int, int], int], ...] = ()  # (preset, clip, batch)
     compared: tuple[int, ...] = (0,)
     """Indices into ``video`` that also get a ceiling row and the before figure (torchvision's attention)."""
@@ -54,11 +56,12 @@ class SuiteConfig:
 
     @classmethod
     def quick_config(cls, compile: bool | None = None) -> SuiteConfig:
-        """Under 3 minutes: one size per row group, two repeats; eager unless ``compile`` (compiling
-        the time-series step takes 25 s cold and no longer makes it faster)."""
+        """Under 3 minutes: one size per row group, two repeats, no before figure for the time series
+        (half a minute); eager unless ``compile`` (compiling the time-series step takes 25 s cold and
+        no longer makes it faster)."""
         return cls(quick=True, video=(("paper", (16, 64, 64), 2), ("paper", (16, 112, 112), 1),
                                       ("nano", (16, 64, 64), 8), ("nano", (16, 112, 112), 4)),
-                   loader_clips=6, feature_clips=3, memory_limit_batches=4, repeats=2,
+                   ts_plain=False, loader_clips=6, feature_clips=3, memory_limit_batches=4, repeats=2,
                    compile=_compiled_rows(compile, default=set()))
 
     @classmethod
@@ -103,8 +106,9 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
 
     say(f"time-series model, batch {config.ts_batch}")
     rows += bench_ts(env, peak, batch=config.ts_batch, compile_mode="ts" in config.compile, ceiling=True)
-    say(f"time-series model, batch {config.ts_batch}, plain attention")
-    rows += bench_ts(env, peak, batch=config.ts_batch, attention="reference")  # the before figure
+    if config.ts_plain:
+        say(f"time-series model, batch {config.ts_batch}, plain attention")
+        rows += bench_ts(env, peak, batch=config.ts_batch, attention="reference")  # the before figure
     for i, (preset, clip, batch) in enumerate(config.video):
         peaks.append(matmul_peak(device, peak_dtype))  # the yardstick again: the CPU may be shared
         say(f"video {preset} {clip} x{batch}")
