@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterable
 
 import pytest
 import torch
@@ -159,23 +161,35 @@ def test_bf16_rows_are_skipped_without_native_bf16_products(monkeypatch):
     assert len(rows) == 1 and "no native bfloat16 products, bf16 rows skipped" in rows[0].note
 
 
-def _suite_with_yardsticks(monkeypatch, samples: list[float]):
-    """`run_suite` with stand-in workloads and the given matmul samples, in the order the suite takes them."""
+def _stand_in_suite(monkeypatch, samples: Iterable[float]):
+    """The suite module with stand-in workloads taking the given matmul samples in order; returns it and
+    what the stand-ins were asked for (the time-series attentions, the memory runs)."""
     from dust.benchmarking import suite
     from dust.benchmarking.workloads import Row
 
     taken = iter(samples)
+    calls: dict[str, list] = {"ts": [], "epochs": []}
+
+    def ts(env, peak, **kw):
+        calls["ts"].append(kw.get("attention", "fused"))
+        return [Row("ts train", seconds_per_step=1.0, gflops=9.0)]
+
     monkeypatch.setattr(suite, "matmul_peak", lambda device, dtype: next(taken))
-    monkeypatch.setattr(suite, "bench_ts", lambda env, peak, **kw: [Row("ts train", seconds_per_step=1.0, gflops=9.0)])
+    monkeypatch.setattr(suite, "bench_ts", ts)
     monkeypatch.setattr(suite, "bench_video", lambda env, peak, **kw: [Row("video train", samples_per_s=1.0)])
     monkeypatch.setattr(suite, "bench_loader", lambda env, **kw: Row("loader", samples_per_s=1.0))
     monkeypatch.setattr(suite, "bench_features", lambda env, **kw: Row("features"))
-    epochs = []
-    monkeypatch.setattr(suite, "stage1_epoch_memory", lambda runs, **kw: epochs.append(runs) or iter([]))
+    monkeypatch.setattr(suite, "stage1_epoch_memory", lambda runs, **kw: calls["epochs"].append(runs) or iter([]))
+    return suite, calls
+
+
+def _suite_with_yardsticks(monkeypatch, samples: list[float]):
+    """`run_suite` with stand-in workloads and the given matmul samples, in the order the suite takes them."""
+    suite, calls = _stand_in_suite(monkeypatch, samples)
     runs = (suite.MemoryRun(), suite.MemoryRun(precision="bf16-mixed"))
     config = suite.SuiteConfig(quick=True, memory_runs=runs)
     result = suite.run_suite(config)
-    return result["rows"], [run.label() for run in epochs[0]]
+    return result["rows"], [run.label() for run in calls["epochs"][0]]
 
 
 def test_suite_judges_bf16_rows_by_the_best_bf16_sample_against_the_best_fp32_one(monkeypatch):
@@ -198,17 +212,7 @@ def test_suite_without_native_bf16_skips_the_bf16_rows_and_epoch(monkeypatch):
 
 @pytest.mark.parametrize("recipe", ["quick_config", "full_config"])
 def test_only_the_full_suite_times_the_time_series_before_figure(monkeypatch, recipe):
-    from dust.benchmarking import suite
-    from dust.benchmarking.workloads import Row
-
-    attentions = []
-    monkeypatch.setattr(suite, "matmul_peak", lambda device, dtype: 100.0)
-    monkeypatch.setattr(suite, "bench_ts", lambda env, peak, **kw: attentions.append(kw.get("attention", "fused"))
-                        or [Row("ts train")])
-    monkeypatch.setattr(suite, "bench_video", lambda env, peak, **kw: [Row("video train")])
-    monkeypatch.setattr(suite, "bench_loader", lambda env, **kw: Row("loader", samples_per_s=1.0))
-    monkeypatch.setattr(suite, "bench_features", lambda env, **kw: Row("features"))
-    monkeypatch.setattr(suite, "stage1_epoch_memory", lambda runs, **kw: iter([]))
+    suite, calls = _stand_in_suite(monkeypatch, itertools.repeat(100.0))
     config = getattr(suite.SuiteConfig, recipe)()
     suite.run_suite(dataclasses.replace(config, cpu_bf16=False))
-    assert attentions == (["fused"] if recipe == "quick_config" else ["fused", "reference"])
+    assert calls["ts"] == (["fused"] if recipe == "quick_config" else ["fused", "reference"])
