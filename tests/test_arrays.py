@@ -203,10 +203,9 @@ def test_array_writer_pickle_loads_with_plain_pickle(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_array_writer_leaves_nothing_on_error(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"video{suffix}"
-    with pytest.raises(RuntimeError, match="boom"):
-        with ArrayWriter(path, (4, 2), np.float32) as writer:
-            writer.write(0, np.ones((2, 2), np.float32))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), ArrayWriter(path, (4, 2), np.float32) as writer:
+        writer.write(0, np.ones((2, 2), np.float32))
+        raise RuntimeError("boom")
     assert not list(tmp_path.iterdir())
 
 
@@ -214,9 +213,8 @@ def test_array_writer_leaves_nothing_on_error(tmp_path: Path, suffix: str) -> No
 def test_array_writer_keeps_the_old_file_until_complete(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"video{suffix}"
     save_array(path, np.zeros(3))
-    with pytest.raises(ValueError, match="never written"):
-        with ArrayWriter(path, (4, 2), np.float32) as writer:
-            writer.write(0, np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="never written"), ArrayWriter(path, (4, 2), np.float32) as writer:
+        writer.write(0, np.ones((3, 2), np.float32))
     np.testing.assert_array_equal(load_array(path), np.zeros(3))
     assert os.listdir(tmp_path) == [path.name]
 

@@ -87,7 +87,7 @@ def test_suite_rows_carry_the_training_steps_ceiling():
 
 
 def test_a_ceiling_that_cannot_be_replayed_is_reported_not_raised(monkeypatch):
-    import dust.benchmarking.workloads as workloads
+    from dust.benchmarking import workloads
 
     def unreplayable(*args, **kwargs):
         raise RuntimeError("aten::some_kernel cannot run alone")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_in
+
 from dust.data.arrays import load_array
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process control")

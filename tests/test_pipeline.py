@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_in
 
 from dust.checkpoint import load_checkpoint
-from conftest import run_in
 from dust.cli import main
 from dust.data.arrays import load_array
 from dust.data.datasets import VideoTransform

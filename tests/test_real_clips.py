@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from test_prepare import make_csv, make_video, write_manifest
 
 from dust.cli import main
 from dust.data.arrays import load_array
-from test_prepare import make_csv, make_video, write_manifest
 
 PREPARE = ["--num_frames", "4", "--height", "32", "--width", "32", "--kine_len", "19", "--no_progress"]
 RUN = ["--no_progress", "--num_epochs", "1", "--print_every", "1", "--batch_size", "4"]

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import reference_case
+
 from dust.checkpoint import load_checkpoint
 from dust.cli import main
 from dust.models import from_reference

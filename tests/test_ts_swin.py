@@ -93,7 +93,7 @@ def test_reference_mask_differs_from_ideal_when_padding():
 @pytest.mark.parametrize("mask_mode,ignores_padding", [("correct", True), ("reference", False)])
 def test_padding_content_never_reaches_the_output(monkeypatch, mask_mode, ignores_padding):
     """Fill the window padding with garbage instead of zeros: correct masking must not notice."""
-    import dust.models.ts_swin as ts_swin
+    from dust.models import ts_swin
     from dust.models.window_rows import to_windows
 
     # length 24 with window 5: every stage pads its windows, no stage merges an odd length

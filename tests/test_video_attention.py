@@ -9,8 +9,7 @@ import pytest
 import torch
 from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d, SwinTransformer3d
 
-from dust.models import VideoSwin, count_parameters
-from dust.models import video_attention
+from dust.models import VideoSwin, count_parameters, video_attention
 from dust.models.video_attention import WindowAttention3d, plan_windows
 
 MICRO = dict(embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=(2, 4, 4), drop_path_rate=0.0)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, video_checkpoint: str | Path, fusion_checkpoint: str | Path,
-                         device: str | torch.device | None = None) -> "Predictor":
+                         device: str | torch.device | None = None) -> Predictor:
         """From a stage-1 video checkpoint and a stage-4 fusion checkpoint."""
         try:
             video = load_checkpoint(video_checkpoint, expect="video")
@@ -69,13 +70,13 @@ class Predictor:
         return cls(video, fusion, device)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> "Predictor":
+    def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> Predictor:
         """From the folder of a finished ``dust run``."""
         return cls.from_checkpoints(*run_checkpoints(run_dir), device=device)
 
     # --- inputs ------------------------------------------------------------------
 
-    def _decoding(self) -> tuple["PrepareSettings", list[str] | None]:
+    def _decoding(self) -> tuple[PrepareSettings, list[str] | None]:
         """How training data were decoded: ``dust prepare``'s settings, else the models' input sizes."""
         from .data.ingest import PrepareSettings
 

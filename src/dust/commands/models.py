@@ -39,8 +39,8 @@ def presets(args: argparse.Namespace) -> None:
             else:
                 model = TimeSeriesSwin(seq_len=51, in_chans=3, num_classes=args.num_classes, **hp)
                 feature = model.num_features
-            print(f"{branch:7} {name:7} {hp['embed_dim']:>5} {str(hp['depths']):14} {str(hp['num_heads']):16} "
-                  f"{str(hp['window_size']):10} {feature:>7} {count_parameters(model):>12,}")
+            print(f"{branch:7} {name:7} {hp['embed_dim']:>5} {hp['depths']!s:14} {hp['num_heads']!s:16} "
+                  f"{hp['window_size']!s:10} {feature:>7} {count_parameters(model):>12,}")
     print(f"(parameter counts for {args.num_classes} classes; time-series models for 3 channels of length 51)")
 
 

@@ -6,8 +6,9 @@ so memory-mapped ``.npy`` video stays on disk until a batch needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ __all__ = [
     "as_float32",
     "check_finite",
     "check_labels",
-    "inverse_frequency_weights",
     "check_rows",
+    "inverse_frequency_weights",
     "pad_series",
     "series_length",
 ]
@@ -127,7 +128,7 @@ class SeriesTransform:
     """Width of the training arrays (None: each input's own width)."""
 
     @classmethod
-    def fit(cls, series: np.ndarray, length: int | None = None, stretch: bool = False) -> "SeriesTransform":
+    def fit(cls, series: np.ndarray, length: int | None = None, stretch: bool = False) -> SeriesTransform:
         """Per-channel mean and standard deviation of ``(N, C, L)`` training series (NaNs ignored)."""
         flat = np.moveaxis(np.asarray(series, dtype=np.float64), 1, 0).reshape(series.shape[1], -1)
         mean = np.nanmean(flat, axis=1)

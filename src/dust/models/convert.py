@@ -8,8 +8,9 @@ reports what did not match.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn

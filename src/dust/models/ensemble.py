@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +59,7 @@ class SeriesEnsemble(nn.Module):
         self.num_classes = self.members[0].num_classes
 
     @classmethod
-    def of(cls, models: Sequence[TimeSeriesSwin], test_shift: float = 0.0) -> "SeriesEnsemble":
+    def of(cls, models: Sequence[TimeSeriesSwin], test_shift: float = 0.0) -> SeriesEnsemble:
         """The ensemble of trained ``models`` (same config), their weights copied."""
         ensemble = cls(len(models), test_shift, **models[0].config)
         for member, model in zip(ensemble.members, models, strict=True):

@@ -42,7 +42,7 @@ class DuST(nn.Module):
         self.config = {**self.backbone.config, "num_classes": num_classes, "video_feature_dim": video_feature_dim}
 
     @classmethod
-    def from_preset(cls, name: str, *, video_feature_dim: int, **overrides: Any) -> "DuST":
+    def from_preset(cls, name: str, *, video_feature_dim: int, **overrides: Any) -> DuST:
         """Build with a time-series preset (see ``dust presets``); keyword arguments override it."""
         from .presets import get_preset
 

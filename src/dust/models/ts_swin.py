@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -563,7 +564,7 @@ class TimeSeriesSwin(nn.Module):
         self.apply(_init_linear)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "TimeSeriesSwin":
+    def from_preset(cls, name: str, **overrides) -> TimeSeriesSwin:
         """Build from a named preset (see ``dust presets``); keyword arguments override it."""
         from .presets import get_preset
 
@@ -611,7 +612,7 @@ class TimeSeriesSwin(nn.Module):
         """``(B, C, L)`` series (NaN-padded, or with ``lengths``) -> ``(B, num_classes)`` logits."""
         return self.forward_head(self.forward_features(x, lengths))
 
-    def set_attention_impl(self, impl: AttentionImpl) -> "TimeSeriesSwin":
+    def set_attention_impl(self, impl: AttentionImpl) -> TimeSeriesSwin:
         """``"fused"`` (default) or ``"reference"`` (the plain window attention, for checks and FLOP counts)."""
         if impl not in ("fused", "reference"):
             raise ValueError(f"attention impl must be 'fused' or 'reference', got {impl!r}")

@@ -7,8 +7,8 @@ so its Kinetics-400 checkpoints load as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ __all__ = ["VideoSwin"]
 
 
 def _patch_embed_builder(in_chans: int, patch_norm: bool) -> Callable[..., nn.Module]:
-    def build(patch_size: list[int], embed_dim: int, norm_layer: Optional[Callable[..., nn.Module]]) -> nn.Module:
+    def build(patch_size: list[int], embed_dim: int, norm_layer: Callable[..., nn.Module] | None) -> nn.Module:
         return PatchEmbed3d(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
 
     return build
@@ -117,7 +117,7 @@ class VideoSwin(SwinTransformer3d):
         """Width of the pooled feature that :meth:`forward_features` returns."""
         return self.num_features
 
-    def set_attention_impl(self, impl: AttentionImpl) -> "VideoSwin":
+    def set_attention_impl(self, impl: AttentionImpl) -> VideoSwin:
         """``"fused"`` (default) or ``"reference"`` (torchvision's own attention forward, for checks)."""
         if impl not in ("fused", "reference"):
             raise ValueError(f"attention impl must be 'fused' or 'reference', got {impl!r}")
@@ -127,7 +127,7 @@ class VideoSwin(SwinTransformer3d):
         return self
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "VideoSwin":
+    def from_preset(cls, name: str, **overrides) -> VideoSwin:
         """Build from a named preset (see ``dust presets``); keyword arguments override it."""
         from .presets import get_preset
 

@@ -10,7 +10,7 @@ inverse gather, which drops the padding rows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler

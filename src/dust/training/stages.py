@@ -11,9 +11,10 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -47,8 +48,8 @@ from ..models import (
 )
 from .datamodule import ArrayDataModule
 from .features import feature_sidecar, write_features
-from .recorder import StageRecorder
 from .parallel import available_cores, run_in_processes
+from .recorder import StageRecorder
 from .resume import RESUME_AUTO, RESUME_NAME, RandomState, check_resumable, resume_checkpoint
 from .task import ClassifierTask
 from .trainer import build_trainer
