@@ -20,9 +20,11 @@ from .metrics import ClassificationReport, classification_report
 
 __all__ = ["comparison_table", "evaluate_run", "split_files"]
 
-MODALITIES = {"video": "step_3d/final_3d.pth", "timeseries": "step_1d/final_1d.pth",
-              "fusion": "step_fusion/final_fusion.pth"}
-_KINDS = {"video": "video", "timeseries": "ts", "fusion": "fusion"}
+_CHECKPOINTS = {  # report name: (final checkpoint under saved_models/, its kind)
+    "video": ("step_3d/final_3d.pth", "video"),
+    "timeseries": ("step_1d/final_1d.pth", "ts"),
+    "fusion": ("step_fusion/final_fusion.pth", "fusion"),
+}
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"}
 
 
@@ -69,9 +71,9 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
     run_dir = Path(run_dir)
     models_dir = run_dir / "saved_models"
     ckpts = {}
-    for name, rel in MODALITIES.items():
+    for name, (rel, kind) in _CHECKPOINTS.items():
         try:
-            ckpts[name] = load_checkpoint(models_dir / rel, expect=_KINDS[name])
+            ckpts[name] = load_checkpoint(models_dir / rel, expect=kind)
         except Exception as err:
             raise InputError(str(err)) from None
     check_pair(ckpts["video"], ckpts["fusion"])
