@@ -216,3 +216,41 @@ def test_only_the_full_suite_times_the_time_series_before_figure(monkeypatch, re
     config = getattr(suite.SuiteConfig, recipe)()
     suite.run_suite(dataclasses.replace(config, cpu_bf16=False))
     assert calls["ts"] == (["fused"] if recipe == "quick_config" else ["fused", "reference"])
+
+
+_SMAPS = """\
+7f0000000000-7f0000100000 r-xp 00000000 08:01 11 /venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so
+Size:               1024 kB
+Rss:                 512 kB
+7f0000100000-7f0000200000 r-xp 00000000 08:01 12 /venv/lib/python3.11/site-packages/torch/lib/libtorch_cuda.so
+Size:               1024 kB
+Rss:                 300 kB
+Pss:                 300 kB
+7f0000200000-7f0000300000 r--p 00000000 08:01 13 /venv/lib/python3.11/site-packages/nvidia/cu13/lib/libcublasLt.so.13
+Rss:                  40 kB
+7f0000300000-7f0000400000 rw-p 00000000 00:00 0
+Rss:                4096 kB
+7f0000400000-7f0000500000 r-xp 00000000 08:01 14 /opt/my cuda builds/venv/lib/libcurl.so.4
+Rss:                   8 kB
+7f0000500000-7f0000600000 r-xp 00000000 08:01 15 /venv/lib/python3.11/site-packages/triton/_C/libtriton.so
+Rss:                   2 kB
+"""
+
+
+def test_gpu_library_rss_counts_only_the_gpu_runtimes_mappings():
+    from dust.benchmarking.measure import _is_gpu_library, _mapped_rss
+
+    assert _mapped_rss(_SMAPS.splitlines(True), _is_gpu_library) == (300 + 40 + 2) * 1024
+    assert _mapped_rss(_SMAPS.splitlines(True), lambda path: True) == (512 + 300 + 40 + 8 + 2) * 1024
+
+
+def test_memory_benchmark_runs_an_epoch_in_a_child_and_reports_its_memory(tmp_path):
+    from dust.benchmarking.memory import MemoryRun, stage1_epoch_memory
+
+    (result,) = stage1_epoch_memory((MemoryRun("lean"),), n_train=2, n_val=1, clip=(8, 32, 32), limit_batches=1,
+                                    workdir=tmp_path)
+    assert result["malloc"] == "lean" and result["batches"] == 1
+    assert 0 < result["rss_after_imports"] < result["peak_rss"]
+    assert 0 < result["peak_anon"] <= result["peak_rss"]
+    assert 0 <= result["gpu_library_rss"] < result["rss_after_imports"]
+    assert list(tmp_path.iterdir()) == []  # the toy data and the child's outputs are gone

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["Timing", "count_flops", "device_sync", "extra_flop_formulas", "load_average", "matmul_peak", "proc_status",
-           "time_call"]
+__all__ = ["Timing", "count_flops", "device_sync", "extra_flop_formulas", "gpu_library_rss", "load_average",
+           "matmul_peak", "proc_status", "time_call"]
 
 
 @dataclass
@@ -101,3 +101,43 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
     except OSError:
         pass
     return fields
+
+
+_GPU_PACKAGES = ("nvidia", "triton", "cuda")
+_GPU_LIBRARY_NAMES = ("cuda", "cublas", "cudnn", "cufft", "curand", "cusparse", "cusolver", "cupti", "cufile", "nvrtc",
+                      "nvjitlink", "nvtoolsext", "nccl", "nvshmem")
+
+
+def _is_gpu_library(path: str) -> bool:
+    """Whether a mapped file belongs to a GPU runtime: NVIDIA's and Triton's wheels, CUDA's libraries, PyTorch's own."""
+    package = path.partition("site-packages/")[2].split("/", 1)[0]
+    name = os.path.basename(path).lower()
+    return package in _GPU_PACKAGES or any(part in name for part in _GPU_LIBRARY_NAMES)
+
+
+def _mapped_rss(smaps: Iterable[str], keep: Callable[[str], bool]) -> int:
+    """Bytes resident in the mappings of ``smaps`` lines whose file ``keep`` accepts."""
+    total, counting = 0, False
+    for line in smaps:
+        fields = line.split(maxsplit=5)
+        if not fields:
+            continue
+        if fields[0].endswith(":"):  # a field of the current mapping
+            if counting and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+        else:  # a mapping's header: address range, permissions, offset, device, inode[, path]
+            counting = len(fields) == 6 and keep(fields[5].strip())
+    return total
+
+
+def gpu_library_rss(pid: int | str = "self") -> int:
+    """Bytes of the resident set in mappings of GPU runtime libraries (``/proc/PID/smaps``; 0 off Linux).
+
+    A CUDA build of PyTorch loads them at import even where there is no GPU, and the pages its
+    start-up touched count in the resident set; a CPU build loads none of them.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            return _mapped_rss(smaps, _is_gpu_library)
+    except OSError:
+        return 0

@@ -5,7 +5,8 @@ that of a training run alone; the parent samples the child's ``/proc/PID/status`
 its peak resident set from the kernel when it ends. Reported: the peak resident set (which
 counts the pages of memory-mapped clip files the epoch has read: clean page cache the
 kernel can drop at will), the peak anonymous memory (what the process itself holds), and
-the resident set right after the imports, for scale.
+the resident set right after the imports, for scale, with the part of it in GPU runtime
+libraries (which a CUDA build of PyTorch loads even on a machine without a GPU).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allocator import configure_malloc
-from .measure import proc_status
+from .measure import gpu_library_rss, proc_status
 
 __all__ = ["MemoryRun", "stage1_epoch_memory"]
 
@@ -50,7 +51,7 @@ def _child(argv: list[str] | None = None) -> None:
 
     from ..training.stages import TrainSettings, train_video
 
-    after_imports = proc_status()
+    after_imports, gpu_libraries = proc_status(), gpu_library_rss()
     if args.limit_batches:  # a shortened epoch: the same code path, fewer batches
         trainer = lightning.Trainer
 
@@ -65,7 +66,7 @@ def _child(argv: list[str] | None = None) -> None:
                 path_label_train=args.data / "label_train.npy", path_label_val=args.data / "label_val.npy",
                 model_preset=args.preset, grad_checkpointing=args.grad_checkpointing)
     args.report.write_text(json.dumps({"after_imports": after_imports, "status": proc_status(),
-                                       "seconds": time.perf_counter() - start}))
+                                       "gpu_library_rss": gpu_libraries, "seconds": time.perf_counter() - start}))
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def stage1_epoch_memory(runs: Sequence[MemoryRun] = (MemoryRun(),), *, preset: s
                 "peak_rss": max(peak_rss, status.get("VmHWM", 0)),
                 "peak_anon": peak_anon,
                 "rss_after_imports": result["after_imports"].get("VmRSS", 0),
+                "gpu_library_rss": result["gpu_library_rss"],
                 "dataset_uint8": n_train * 3 * clip[0] * clip[1] * clip[2],
                 "epoch_seconds": result["seconds"],
                 "generate_seconds": generate_s,

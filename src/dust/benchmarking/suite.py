@@ -143,7 +143,8 @@ def run_suite(config: SuiteConfig, *, out: TextIO | None = None, progress: Calla
         rows.append(Row("stage-1 epoch peak RSS", "nano", "x".join(map(str, SEED_CLIP)), memory["batch_size"],
                         run.label(),
                         note=f"{memory['peak_rss'] / 2**30:.2f} GiB peak RSS, {memory['peak_anon'] / 2**30:.2f} GiB "
-                             f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports; "
+                             f"anonymous; {memory['rss_after_imports'] / 2**30:.2f} GiB after imports, "
+                             f"{memory['gpu_library_rss'] / 2**30:.2f} of it GPU libraries; "
                              f"{memory['n_train']} clips = {memory['dataset_uint8'] / 2**30:.2f} GiB uint8 ({scope})",
                         extra=memory))
 
