@@ -46,6 +46,15 @@ def test_run_on_prepared_clips_keeps_class_names(finished):
     assert fused.meta["ingest"]["num_frames"] == 4 and fused.meta["ingest"]["channels"] == ["ax", "ay", "az"]
 
 
+def test_run_on_prepared_clips_trains_at_their_size(finished):
+    from dust.checkpoint import load_checkpoint
+
+    video = load_checkpoint(finished / "run" / "saved_models" / "step_3d" / "final_3d.pth")
+    series = load_checkpoint(finished / "run" / "saved_models" / "step_1d" / "final_1d.pth")
+    assert video.meta["video_transform"]["size"] == [4, 32, 32]  # not the seed's 77x224x224
+    assert series.config["seq_len"] == 19 and series.config["in_chans"] == 3  # not the seed's 51
+
+
 def test_evaluate_on_the_test_split(finished, capsys):
     out = finished / "report"
     assert main(["evaluate", "--run", str(finished / "run"), "--split", "test", "--out", str(out),

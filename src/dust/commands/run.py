@@ -23,7 +23,8 @@ def run_args(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "stages", default=",".join(STAGES),
              help="comma-separated stages to run, in order (default: all)")
     add_flag(parser, "prepared", default=None,
-             help="train on the output of `dust prepare` in this folder instead of generating toy data")
+             help="train on the output of `dust prepare` in this folder instead of generating toy data, "
+                  "at its clip size and series length unless flags or the config say otherwise")
     parser.epilog = ("Any other flag is passed to every stage that has it, e.g. --seed 1 or --num_epochs 2. "
                      "A --config file may hold top-level settings and one section per stage (train_video: ...). "
                      "--num_frames (frames per clip) goes to gen-data and train-video; the series length "
@@ -34,13 +35,21 @@ SERIES_STAGES = ("train-ts", "train-fusion")
 """Stages whose ``--num_frames`` is the series length (the seed's name), not frames per clip."""
 
 
-def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path) -> tuple[argparse.Namespace, set[str]]:
+SIZE_FLAGS = ("num_frames", "height", "width", "num_channels")
+"""The sizes a stage trains at; on ``dust prepare`` output they default to the arrays' own."""
+
+
+def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path,
+                prepared: bool = False) -> tuple[argparse.Namespace, set[str]]:
     """The stage's settings: its defaults, then the config file, then the flags; relative paths under workdir.
 
     ``num_frames`` given to the whole run (a flag or a top-level setting) is frames per clip:
-    the series stages take their length from their own config section only.
+    the series stages take their length from their own config section only. On ``prepared``
+    data the sizes default to the data's own (the seed's 77x224x224 clips and 3x51 series otherwise).
     """
     parser = PARSERS[name]
+    if prepared:
+        parser.set_defaults(**{dest: None for dest in SIZE_FLAGS if parser.get_default(dest) is not None})
     builtin_length = parser.get_default("num_frames")
     if config:
         apply_config(parser, config, name, strict_keys=False)
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         stages = [s for s in stages if s != "gen-data"]
     workdir = Path(args.workdir)
     ensure_writable_folder(workdir, create=False)  # the stages make it as they write: a run failing first leaves nothing
-    parsed = {name: _stage_args(name, args.config, args.extra, workdir) for name in stages}
+    parsed = {name: _stage_args(name, args.config, args.extra, workdir, prepared is not None) for name in stages}
     unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
     if unknown:
         raise InputError(f"no stage takes {', '.join(sorted(unknown))}")
