@@ -216,3 +216,13 @@ def test_a_run_failing_before_it_writes_leaves_no_workdir(tmp_path, capsys):
     assert main(["run", "--workdir", str(workdir), "--stages", "train-video", "--num_epochs", "1"]) == 2
     assert "video_train.pkl: no such file" in capsys.readouterr().err
     assert not workdir.exists()
+
+
+def test_a_run_going_on_from_a_corrupt_record_is_refused(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{not json")
+    assert main(["run", "--workdir", str(tmp_path), "--stages", "train-fusion", "--num_epochs", "1"]) == 2
+    assert "run.json: not a JSON file" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text('{"stages": []}')
+    assert main(["run", "--workdir", str(tmp_path), "--stages", "train-fusion", "--num_epochs", "1"]) == 2
+    assert "run.json: not what `dust run` writes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]

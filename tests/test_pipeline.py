@@ -226,6 +226,16 @@ def test_run_all_stages_with_config(tmp_path, capsys):
     assert (work / "data" / "video_train.npy").is_file()
     assert (work / "video_features" / "train_3d_features.pkl").is_file()
     assert "fusion" in capsys.readouterr().out
+    record = json.loads((work / "run.json").read_text())
+
+    # Later stages again, on what the first run wrote (its .npy data, not the stages' .pkl defaults)
+    assert main(["run", "--config", str(config), "--workdir", str(work), "--stages", "extract-features,train-fusion",
+                 "--overwrite", "--num_epochs", "1"]) == 0
+    again = json.loads((work / "run.json").read_text())
+    assert again["data"] == record["data"]  # what `dust evaluate` reads: still every file of both splits
+    assert again["stages"]["train-video"] == record["stages"]["train-video"]
+    assert set(json.loads((work / "run_summary.json").read_text())) == {"video", "timeseries", "fusion"}
+    assert main(["evaluate", "--run", str(work), "--no_progress"]) == 0
 
 
 def test_run_rejects_flags_no_stage_takes(tmp_path, capsys):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,10 @@ SERIES_STAGES = ("train-ts", "train-fusion")
 """Stages whose ``--num_frames`` is the series length (the seed's name), not frames per clip."""
 
 
+DATA_FLAGS = {f"path_{kind}_{split}": (split, kind) for split in ("train", "val") for kind in ("video", "kine", "label")}
+"""A stage's data flag: (split, kind), as ``run.json`` records the files."""
+
+
 SIZE_FLAGS = ("num_frames", "height", "width", "num_channels")
 """The sizes a stage trains at; on ``dust prepare`` output they default to the arrays' own."""
 
@@ -51,6 +57,7 @@ def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path,
     if prepared:
         parser.set_defaults(**{dest: None for dest in SIZE_FLAGS if parser.get_default(dest) is not None})
     builtin_length = parser.get_default("num_frames")
+    default_data = {dest: str(workdir / parser.get_default(dest)) for dest in DATA_FLAGS if parser.get_default(dest)}
     if config:
         apply_config(parser, config, name, strict_keys=False)
     args, unknown = parser.parse_known_args(extra)
@@ -60,6 +67,7 @@ def _stage_args(name: str, config: str | None, extra: list[str], workdir: Path,
     for dest, value in vars(args).items():
         if isinstance(value, str) and (dest.startswith("path_") or dest in PATH_FLAGS) and not Path(value).is_absolute():
             setattr(args, dest, str(workdir / value))
+    args._default_data = default_data
     return args, {u.split("=", 1)[0] for u in unknown if u.startswith("--")}
 
 
@@ -85,31 +93,56 @@ def _link(name: str, args: argparse.Namespace, done: dict[str, Any], ran: dict[s
             args.path_feature_train, args.path_feature_val = feats.path_feature_train, feats.path_feature_val
 
 
-PREPARED_FLAGS = {"path_video_train": "video_train", "path_video_val": "video_val", "path_kine_train": "kine_train",
-                  "path_kine_val": "kine_val", "path_label_train": "label_train", "path_label_val": "label_val"}
+def _earlier_run(workdir: Path) -> dict[str, dict[str, Any]]:
+    """What an earlier ``dust run`` in ``workdir`` wrote: ``{"record": run.json, "summary": run_summary.json}``."""
+    earlier = {}
+    for key, path in (("record", workdir / "run.json"), ("summary", workdir / "run_summary.json")):
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError(f"{path}: not a JSON file; remove it or choose another --workdir") from None
+        if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
+            raise InputError(f"{path}: not what `dust run` writes (a mapping of mappings); remove it or choose "
+                             f"another --workdir")
+        earlier[key] = content
+    return earlier
+
+
+def _use_earlier_data(args: argparse.Namespace, data: Mapping[str, Any]) -> None:
+    """Point data flags left at their default, naming no file, at the files an earlier run in the workdir used."""
+    for dest, (split, kind) in DATA_FLAGS.items():
+        value, recorded = getattr(args, dest, None), data.get(split, {}).get(kind)
+        if value is None or not isinstance(recorded, str):
+            continue
+        if value == args._default_data.get(dest) and not Path(value).exists():
+            setattr(args, dest, recorded)
 
 
 def _use_prepared(args: argparse.Namespace, prepared: Path) -> None:
     """Point a stage's data flags at the arrays of a ``dust prepare`` folder."""
-    for dest, stem in PREPARED_FLAGS.items():
+    for dest, (split, kind) in DATA_FLAGS.items():
         if hasattr(args, dest):
-            setattr(args, dest, str(prepared / f"{stem}.npy"))
+            setattr(args, dest, str(prepared / f"{kind}_{split}.npy"))
 
 
-def _data_record(ran: dict[str, argparse.Namespace], prepared: Path | None) -> dict[str, dict[str, str]]:
-    """Which files each split used, for ``dust evaluate``."""
+def _data_record(stages: Mapping[str, Mapping[str, Any]], prepared: Path | None,
+                 earlier_test: dict[str, str] | None) -> dict[str, dict[str, str]]:
+    """Which files each split used, for ``dust evaluate``, from the stages' settings."""
     data: dict[str, dict[str, str]] = {}
     for split in ("train", "val"):
         files = {}
-        if "train-video" in ran:
-            files["video"] = getattr(ran["train-video"], f"path_video_{split}")
-        for stage in ("train-ts", "train-fusion"):
-            if stage in ran:
-                files["kine"] = getattr(ran[stage], f"path_kine_{split}")
-                files["label"] = getattr(ran[stage], f"path_label_{split}")
+        for stage in ("train-video", "train-ts", "train-fusion"):  # the last stage naming a kind of file wins
+            for kind in ("video", "kine", "label"):
+                path = stages.get(stage, {}).get(f"path_{kind}_{split}")
+                if isinstance(path, str):
+                    files[kind] = path
         data[split] = {k: str(Path(v).resolve()) for k, v in files.items()}
     if prepared is not None and (prepared / "video_test.npy").is_file():
         data["test"] = {k: str((prepared / f"{k}_test.npy").resolve()) for k in ("video", "kine", "label")}
+    elif prepared is None and earlier_test:
+        data["test"] = earlier_test
     return data
 
 
@@ -168,6 +201,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError("--ensemble: stage 4 starts from one time-series model; run `dust train-ts --ensemble` "
                          "on its own for an ensemble")
 
+    # Without gen-data the run goes on from an earlier one in the workdir, on the same data: its
+    # record keeps the stages not run again, and data flags left at their defaults read its files.
+    earlier = {} if "gen-data" in stages else _earlier_run(workdir)
+    earlier_record, earlier_summary = earlier.get("record", {}), earlier.get("summary", {})
     start = time.perf_counter()
     done: dict[str, Any] = {}
     ran: dict[str, argparse.Namespace] = {}
@@ -176,18 +213,22 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         stage_args = parsed[name][0]
         if prepared is not None:
             _use_prepared(stage_args, prepared)
+        elif earlier_record:
+            _use_earlier_data(stage_args, earlier_record.get("data", {}))
         _link(name, stage_args, done, ran)
         print(f"\n== {name} ==", flush=True)
         done[name] = stage_args._run(stage_args)
         ran[name] = stage_args
         if isinstance(done[name], StageResult):
             summary[SUMMARY_KEYS[name]] = done[name].summary()
+    summary = {**earlier_summary, **summary}
+    settings = {**earlier_record.get("stages", {}),
+                **{name: {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "extra"}
+                   for name, a in ran.items()}}
     print_summary(summary)
     print(f"total {time.perf_counter() - start:.1f} s; summary in {workdir / 'run_summary.json'}")
     write_json(workdir / "run_summary.json", summary)
     write_json(workdir / "run.json", {
-        "stages": {name: {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "extra"}
-                   for name, a in ran.items()},
-        "data": _data_record(ran, prepared),
+        "stages": settings, "data": _data_record(settings, prepared, earlier_record.get("data", {}).get("test")),
     })
     return summary
