@@ -59,7 +59,7 @@ def _common(parser: argparse.ArgumentParser, *, batch_size: int, num_epochs: int
     add_flag(group, "resume_interval", type=float, default=0.0,
              help="write OUTPATH/resume.ckpt at an epoch's end only when this many seconds passed since the "
                   "last write (default: %(default)s, every epoch; raise it for many short epochs)")
-    add_flag(group, "overwrite", action="store_true", help="replace a finished run in --outpath")
+    add_flag(group, "overwrite", action="store_true", help="replace a finished or interrupted run in --outpath")
 
 
 def _labels(parser: argparse.ArgumentParser) -> None:
@@ -161,10 +161,13 @@ def train_video_command(args: argparse.Namespace) -> StageResult:
 # --- stage 2 -----------------------------------------------------------------------
 
 
-def _kinematics(parser: argparse.ArgumentParser, length: int | None, channels: int | None) -> None:
+def _kinematics(parser: argparse.ArgumentParser, length: int | None, channels: int | None,
+                unset: str = "the data's own") -> None:
+    """Series flags; ``unset`` says what a size left at None means."""
     add_flag(parser, "num_frames", type=int, default=length,
-             help="series length the model sees (default: %(default)s)")
-    add_flag(parser, "num_channels", type=int, default=channels, help="series channels (default: %(default)s)")
+             help=f"series length the model sees (default: {unset if length is None else '%(default)s'})")
+    add_flag(parser, "num_channels", type=int, default=channels,
+             help=f"series channels (default: {unset if channels is None else '%(default)s'})")
     add_flag(parser, "path_kine_train", default="./data/kine_train.pkl", help="training series (N, C, L)")
     add_flag(parser, "path_kine_val", default="./data/kine_val.pkl", help="validation series (N, C, L)")
     _labels(parser)
@@ -263,7 +266,7 @@ def extract_features_command(args: argparse.Namespace) -> list[Path]:
 
 def train_fusion_args(parser: argparse.ArgumentParser) -> None:
     _common(parser, batch_size=2000, num_epochs=200, lr=3e-4, print_every=1, outpath="./saved_models/step_fusion/")
-    _kinematics(parser, None, None)  # default: what the stage-2 checkpoint was trained on
+    _kinematics(parser, None, None, unset="the stage-2 checkpoint's")
     add_flag(parser, "path_feature_train", default="./video_features/train_3d_features.pkl", help="stage-3 features")
     add_flag(parser, "path_feature_val", default="./video_features/val_3d_features.pkl", help="stage-3 features")
     add_flag(parser, "ts_checkpoint", default="./saved_models/step_1d/final_1d.pth",
