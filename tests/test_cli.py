@@ -118,15 +118,26 @@ def _tiny_series(tmp_path: Path) -> list[str]:
     (["--accumulate_grad_batches", "0"], "--accumulate_grad_batches must be at least 1, got 0"),
     (["--num_nodes", "0"], "--num_nodes must be at least 1, got 0"),
     (["--label_smoothing", "2"], "--label_smoothing must be between 0 and 1, got 2.0"),
-    (["--num_workers", "-1"], "--num_workers must not be negative, got -1"),
-    (["--weight_decay", "-0.1"], "--weight_decay must not be negative, got -0.1"),
+    (["--num_workers", "-1"], "--num_workers must be a finite non-negative number, got -1"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be a finite non-negative number, got -0.1"),
+    (["--weight_decay", "nan"], "--weight_decay must be a finite non-negative number, got nan"),
+    (["--warmup_epochs", "inf", "--schedule", "cosine"], "--warmup_epochs must be a finite non-negative number"),
+    (["--resume_interval", "nan"], "--resume_interval must be a non-negative number, got nan"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--class_weights", "nan,1,1,1"], "--class_weights needs 4 finite non-negative numbers, not all 0"),
+    (["--class_weights", "0,0,0,0"], "--class_weights needs 4 finite non-negative numbers, not all 0"),
+    (["--class_weights", "1,2"], "--class_weights needs 4 finite non-negative numbers"),
+    (["--devices", "1,x"], "--devices must be a count, 'auto' or a list like 0,1; got '1,x'"),
+    (["--window_size", "0"], "--window_size must be at least 1, got 0"),
+    (["--num_frames", "0"], "--num_frames must be at least 1, got 0"),
     (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
 ])
 def test_training_flags_lightning_or_torch_would_refuse_are_one_line_errors(tmp_path, capsys, flags, message):
     assert main(["train-ts", *_tiny_series(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dust: error: ") and err.count("\n") == 0 and message in err
-    assert not (tmp_path / "models" / "final_1d.pth").exists()
+    assert not (tmp_path / "models").exists() and not (tmp_path / "logs").exists()  # no empty folders either
 
 
 def test_fewer_epochs_than_print_every_still_validate_the_last(tmp_path, capsys):
@@ -226,3 +237,25 @@ def test_a_run_going_on_from_a_corrupt_record_is_refused(tmp_path, capsys):
     assert main(["run", "--workdir", str(tmp_path), "--stages", "train-fusion", "--num_epochs", "1"]) == 2
     assert "run.json: not what `dust run` writes" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 2, 10**12], "label 1000000000000 would make 1000000000001 classes; give --num_classes"),
+    ([0j, 1j, 0j, 1j], "labels must be class indices (numbers), got complex128 values"),
+])
+def test_labels_that_would_exhaust_memory_or_crash_are_refused(tmp_path, capsys, labels, message):
+    import numpy as np
+
+    flags = _tiny_series(tmp_path)
+    np.save(tmp_path / "bad.npy", np.array(labels))
+    flags[flags.index("--path_label_train") + 1] = str(tmp_path / "bad.npy")
+    assert main(["train-ts", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dust: error: {tmp_path / 'bad.npy'}: ") and message in err and err.count("\n") == 0
+
+
+def test_a_config_that_is_not_text_is_refused(tmp_path, capsys):
+    config = tmp_path / "binary.yaml"
+    config.write_bytes(b"\xff\xfe\x00garbage")
+    assert main(["train-ts", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"dust: error: {config}: not a text file (a config is UTF-8 YAML)"

@@ -228,6 +228,12 @@ def test_run_all_stages_with_config(tmp_path, capsys):
     assert "fusion" in capsys.readouterr().out
     record = json.loads((work / "run.json").read_text())
 
+    # The same run again is refused before gen-data rewrites the data the models learned from
+    data = {f.name: f.read_bytes() for f in (work / "data").iterdir()}
+    assert main(["run", "--config", str(config), "--workdir", str(work), "--num-epochs", "1"]) == 2
+    assert "holds a finished run (final_3d.pth)" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (work / "data").iterdir()} == data
+
     # Later stages again, on what the first run wrote (its .npy data, not the stages' .pkl defaults)
     assert main(["run", "--config", str(config), "--workdir", str(work), "--stages", "extract-features,train-fusion",
                  "--overwrite", "--num_epochs", "1"]) == 0

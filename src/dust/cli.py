@@ -59,6 +59,8 @@ def _load_config(path: str) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read config ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config must be a mapping of settings")
     return data

@@ -59,6 +59,8 @@ def convert_reference(args: argparse.Namespace) -> None:
         raise InputError(f"{args.config_json}: cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{args.config_json}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{args.config_json}: not a text file (expected JSON)") from None
     if not isinstance(config, dict):
         raise InputError(f"{args.config_json}: expected a JSON object of constructor arguments")
     kind: ReferenceKind = args.kind

@@ -12,10 +12,12 @@ from typing import Any
 from ..atomic import ensure_writable_folder, write_json
 from ..cli import PARSERS, add_flag, apply_config, config_section, read_config, register
 from ..errors import InputError
-from ..training.stages import StageResult
+from ..training.stages import StageResult, check_outpath
+from .stages import train_settings
 
 STAGES = ["gen-data", "train-video", "train-ts", "extract-features", "train-fusion"]
 SUMMARY_KEYS = {"train-video": "video", "train-ts": "timeseries", "train-fusion": "fusion"}
+FINAL_NAMES = {"train-video": "final_3d.pth", "train-ts": "final_1d.pth", "train-fusion": "final_fusion.pth"}
 PATH_FLAGS = {"outdir", "outpath", "logpath", "checkpoint", "ts_checkpoint"}
 
 
@@ -201,6 +203,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError("--ensemble: stage 4 starts from one time-series model; run `dust train-ts --ensemble` "
                          "on its own for an ensemble")
 
+    for name, final_name in FINAL_NAMES.items():  # before gen-data rewrites the data a finished run learned from
+        if name in parsed:
+            check_outpath(train_settings(parsed[name][0]), final_name)
     # Without gen-data the run goes on from an earlier one in the workdir, on the same data: its
     # record keeps the stages not run again, and data flags left at their defaults read its files.
     earlier = {} if "gen-data" in stages else _earlier_run(workdir)

@@ -67,7 +67,8 @@ def _labels(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "path_label_val", default="./data/label_val.pkl", help="validation labels (N,)")
 
 
-def _settings(args: argparse.Namespace) -> TrainSettings:
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The settings every training stage shares, from its parsed flags."""
     return TrainSettings(
         outpath=Path(args.outpath), logpath=Path(args.logpath), batch_size=args.batch_size,
         num_epochs=args.num_epochs, lr=args.lr, seed=args.seed, print_every=args.print_every,
@@ -149,7 +150,7 @@ def train_video_args(parser: argparse.ArgumentParser) -> None:
 @register("train-video", "Stage 1: train the Video Swin classifier")(train_video_args)
 def train_video_command(args: argparse.Namespace) -> StageResult:
     result = train_video(
-        _settings(args), path_video_train=Path(args.path_video_train), path_video_val=Path(args.path_video_val),
+        train_settings(args), path_video_train=Path(args.path_video_train), path_video_val=Path(args.path_video_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, height=args.height, width=args.width,
         init_weights=args.init_weights, init_kind=args.init_kind, grad_checkpointing=args.grad_checkpointing,
@@ -219,7 +220,7 @@ def train_ts_command(args: argparse.Namespace) -> StageResult:
 
     augment = SeriesAugment(args.jitter, args.scale, args.shift, args.crop) if args.augment else False
     result = train_ts(
-        _settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
+        train_settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         model_preset=args.model_preset, num_frames=args.num_frames, num_channels=args.num_channels,
         augment=augment, patch_size=_patch_size(args.patch_size), window_size=args.window_size,
@@ -277,7 +278,7 @@ def train_fusion_args(parser: argparse.ArgumentParser) -> None:
 @register("train-fusion", "Stage 4: train the fused model on series and video features")(train_fusion_args)
 def train_fusion_command(args: argparse.Namespace) -> StageResult:
     result = train_fusion(
-        _settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
+        train_settings(args), path_kine_train=Path(args.path_kine_train), path_kine_val=Path(args.path_kine_val),
         path_feature_train=Path(args.path_feature_train), path_feature_val=Path(args.path_feature_val),
         path_label_train=Path(args.path_label_train), path_label_val=Path(args.path_label_val),
         ts_checkpoint=Path(args.ts_checkpoint), model_preset=args.model_preset, num_frames=args.num_frames,

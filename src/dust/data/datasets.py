@@ -275,7 +275,8 @@ def check_labels(path: str, labels: np.ndarray, num_classes: int | None) -> np.n
     """Labels as int64 ``(N,)`` in ``[0, num_classes)`` (``None``: any non-negative), or :class:`InputError`
     naming ``path``."""
     labels = np.asarray(labels)
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+            or labels.dtype == np.bool_):
         raise InputError(f"{path}: labels must be class indices (numbers), got {labels.dtype} values")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,7 +55,8 @@ from .resume import RESUME_AUTO, RESUME_NAME, RandomState, check_resumable, resu
 from .task import ClassifierTask
 from .trainer import build_trainer
 
-__all__ = ["StageResult", "TrainSettings", "extract_features", "train_fusion", "train_ts", "train_video"]
+__all__ = ["StageResult", "TrainSettings", "check_outpath", "extract_features", "train_fusion", "train_ts",
+           "train_video"]
 
 log = logging.getLogger("dust")
 
@@ -166,6 +168,19 @@ def _ingest_settings(data_path: Path) -> dict[str, Any] | None:
         raise InputError(f"{record}: not valid JSON") from None
 
 
+MAX_INFERRED_CLASSES = 10_000
+"""Beyond this many classes, a count read off the largest label is taken for a mistake in the labels."""
+
+
+def _classes_from_labels(label_paths: Sequence[Path], labels: Sequence[np.ndarray]) -> int:
+    """The class count the labels imply: their largest value plus one."""
+    top, path = max((int(a.max()), str(p)) for p, a in zip(label_paths, labels) if a.size)
+    if top >= MAX_INFERRED_CLASSES:
+        raise InputError(f"{path}: label {top} would make {top + 1} classes; give --num_classes or a classes.json "
+                         f"beside the labels if that is meant")
+    return top + 1
+
+
 def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], labels: Sequence[np.ndarray]) -> TrainSettings:
     """Settle the class count and names (see :class:`TrainSettings`) and check every label against them."""
     names = settings.class_names
@@ -175,7 +190,7 @@ def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], label
             names = [str(n) for n in json.loads(classes_file.read_text())["classes"]]
         except (ValueError, KeyError, TypeError):
             raise InputError(f"{classes_file}: expected {{\"classes\": [names in index order]}}") from None
-    count = settings.num_classes or (len(names) if names else 1 + max(int(a.max()) for a in labels if a.size))
+    count = settings.num_classes or (len(names) if names else _classes_from_labels(label_paths, labels))
     if names is None:
         names = [str(i) for i in range(count)]
     if len(names) != count:
@@ -192,10 +207,12 @@ def _prepare(settings: TrainSettings) -> None:
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
     for name in ("num_workers", "weight_decay", "warmup_epochs", "resume_interval"):
-        if getattr(settings, name) < 0:
-            raise InputError(f"--{name} must not be negative, got {getattr(settings, name)}")
-    if settings.lr <= 0:
-        raise InputError(f"--lr must be positive, got {settings.lr}")
+        value = getattr(settings, name)
+        if not value >= 0 or (value == math.inf and name != "resume_interval"):  # NaN fails `>= 0`
+            kind = "a non-negative number" if name == "resume_interval" else "a finite non-negative number"
+            raise InputError(f"--{name} must be {kind}, got {value}")
+    if not 0 < settings.lr < math.inf:
+        raise InputError(f"--lr must be a positive finite number, got {settings.lr}")
     if not 0 <= settings.label_smoothing <= 1:
         raise InputError(f"--label_smoothing must be between 0 and 1, got {settings.label_smoothing}")
     if not 0 <= settings.seed < 2**32:
@@ -204,6 +221,13 @@ def _prepare(settings: TrainSettings) -> None:
         raise InputError(f"--schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
     _quiet_lightning()
     L.seed_everything(settings.seed, workers=True, verbose=False)
+
+
+def _check_sizes(**sizes: int | None) -> None:
+    """Sizes given as flags (None: the data's own) must be at least 1."""
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be at least 1, got {value}")
 
 
 def _class_weights(settings: TrainSettings, labels: torch.Tensor) -> list[float] | None:
@@ -216,8 +240,9 @@ def _class_weights(settings: TrainSettings, labels: torch.Tensor) -> list[float]
         weights = [float(w) for w in str(spec).split(",")]
     except ValueError:
         raise InputError(f"--class_weights must be 'auto', 'none' or {settings.num_classes} numbers, got {spec!r}") from None
-    if len(weights) != settings.num_classes or min(weights) < 0:
-        raise InputError(f"--class_weights needs {settings.num_classes} non-negative numbers, got {spec!r}")
+    if len(weights) != settings.num_classes or not all(0 <= w < math.inf for w in weights) or not sum(weights):
+        raise InputError(f"--class_weights needs {settings.num_classes} finite non-negative numbers, not all 0; "
+                         f"got {spec!r}")
     return weights
 
 
@@ -225,10 +250,8 @@ def _devices(spec: str) -> int | str | list[int]:
     spec = str(spec).strip()
     if spec == "auto" or spec == "-1":
         return spec if spec == "auto" else -1
-    if "," in spec:
-        return [int(d) for d in spec.split(",") if d.strip()]
     try:
-        return int(spec)
+        return [int(d) for d in spec.split(",") if d.strip()] if "," in spec else int(spec)
     except ValueError:
         raise InputError(f"--devices must be a count, 'auto' or a list like 0,1; got {spec!r}") from None
 
@@ -279,6 +302,12 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     return None
 
 
+def check_outpath(settings: TrainSettings, final_name: str) -> None:
+    """Refuse, as the stage does when it starts, an ``--outpath`` it may not train in: one holding a
+    finished or an interrupted run without ``--overwrite`` or ``--resume``, or nothing to resume with them."""
+    _resume_path(settings, final_name)
+
+
 def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, val: ArrayRows,
          settings: TrainSettings, preset: str | None, meta: dict[str, Any],
          callbacks: Sequence[L.Callback] = (), on_device: Sequence[Callable | None] = ()) -> StageResult:
@@ -288,8 +317,9 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
     """
     start = time.perf_counter()
     resume_from = _resume_path(settings, final_name)
-    for folder in (settings.outpath, settings.logpath):
-        ensure_writable_folder(Path(folder))
+    folders = (Path(settings.outpath), Path(settings.logpath))
+    for folder in folders:  # made only once every setting has passed (a refused run leaves no empty folder)
+        ensure_writable_folder(folder, create=False)
     if settings.compile:
         model.compile(dynamic=False)
     task = ClassifierTask(model, settings.num_classes, settings.lr, settings.weight_decay, settings.label_smoothing,
@@ -321,7 +351,9 @@ def _fit(name: str, final_name: str, model: torch.nn.Module, train: ArrayRows, v
         use_distributed_sampler=False,
         callbacks=[recorder, RandomState(), resume_checkpoint(Path(settings.outpath), settings.resume_interval),
                    *callbacks],
-    )
+    )  # Lightning has checked --accelerator, --devices, --strategy and --precision
+    for folder in folders:
+        ensure_writable_folder(folder)
     data = ArrayDataModule(train, val, settings.batch_size, settings.num_workers, settings.seed)
     trainer.fit(task, datamodule=data, ckpt_path=resume_from)
     seconds = time.perf_counter() - start
@@ -358,7 +390,8 @@ def train_video(
     if video_train.shape[1:] != video_val.shape[1:]:
         raise InputError(f"{path_video_val}: clips are {video_val.shape[1:]}, training clips are {video_train.shape[1:]}")
     data_size = tuple(video_train.shape[2:])
-    size = (num_frames or data_size[0], height or data_size[1], width or data_size[2])
+    _check_sizes(num_frames=num_frames, height=height, width=width)
+    size = tuple(data if given is None else given for given, data in zip((num_frames, height, width), data_size))
     if size != data_size:
         log.warning("resampling clips from %s to %s (--num_frames/--height/--width)",
                     "x".join(map(str, data_size)), "x".join(map(str, size)))
@@ -442,7 +475,8 @@ def train_ts(
     workers = _ensemble_workers(ensemble_workers, ensemble, settings)
     (train, val), (labels_train, labels_val), settings = _series_pair(
         settings, [path_kine_train, path_kine_val], [path_label_train, path_label_val], num_channels)
-    length = num_frames or train.shape[2]
+    _check_sizes(num_frames=num_frames)
+    length = train.shape[2] if num_frames is None else num_frames
     if steps is not None:
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
@@ -455,6 +489,7 @@ def train_ts(
         shape["patch_size"] = auto_patch_size(length, target_tokens) if patch_size == "auto" else int(patch_size)
     if window_size is not None:
         shape["window_size"] = int(window_size)
+    _check_sizes(**shape)
 
     build = functools.partial(TimeSeriesSwin.from_preset, model_preset, seq_len=length, in_chans=train.shape[1],
                               num_classes=settings.num_classes, **shape)  # picklable, for member processes
