@@ -54,3 +54,14 @@ def test_truncated_or_foreign_files_are_refused(tmp_path):
     torch.save(TimeSeriesSwin(**TS).state_dict(), plain)
     with pytest.raises(WeightsError, match="not a DuST checkpoint"):
         load_checkpoint(plain)
+
+
+def test_damaged_contents_are_refused_naming_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "ts.pth", TimeSeriesSwin(**TS))
+    payload = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in payload.items() if k != "kind"}, tmp_path / "no_kind.pth")
+    with pytest.raises(WeightsError, match=r"no_kind.pth: a damaged DuST checkpoint \(no kind\)"):
+        load_checkpoint(tmp_path / "no_kind.pth")
+    torch.save({**payload, "config": {**payload["config"], "no_such_setting": 1}}, tmp_path / "odd.pth")
+    with pytest.raises(WeightsError, match="odd.pth: its model config does not build"):
+        load_checkpoint(tmp_path / "odd.pth").build()

@@ -132,6 +132,8 @@ def _tiny_series(tmp_path: Path) -> list[str]:
     (["--window_size", "0"], "--window_size must be at least 1, got 0"),
     (["--num_frames", "0"], "--num_frames must be at least 1, got 0"),
     (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+    (["--augment", "--crop", "-0.5"], "--crop is a fraction of the length, in [0, 1]; got -0.5"),
+    (["--augment", "--scale", "nan"], "--scale must be a finite non-negative number, got nan"),
 ])
 def test_training_flags_lightning_or_torch_would_refuse_are_one_line_errors(tmp_path, capsys, flags, message):
     assert main(["train-ts", *_tiny_series(tmp_path), *flags]) == 2

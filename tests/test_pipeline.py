@@ -457,3 +457,16 @@ def test_predict_checks_its_output_and_device_before_any_work(trained, capsys):
         assert main([*args, *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and err.count("\n") == 0, err
+
+
+def test_refused_settings_leave_no_empty_output_folder(trained, tmp_path, capsys):
+    features = tmp_path / "features"
+    assert main(["extract-features", "--checkpoint", str(trained / "saved_models" / "step_3d" / "final_3d.pth"),
+                 "--path_video_train", str(trained / "data" / "video_train.npy"),
+                 "--path_video_val", str(trained / "data" / "video_val.npy"),
+                 "--path_feature_train", str(features / "train.pkl"), "--path_feature_val", str(features / "val.pkl"),
+                 "--precision", "bogus", "--no_progress"]) == 2
+    assert "--precision bogus" in capsys.readouterr().err and not features.exists()
+    assert main(["gen-data", "--outdir", str(tmp_path / "toy"), "--seed", "-1"]) == 2
+    assert "--seed must be between 0 and 4294967295, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()

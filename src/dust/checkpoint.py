@@ -53,8 +53,12 @@ class Checkpoint:
 
     def build(self) -> nn.Module:
         """The model with its weights loaded, in eval mode."""
-        model = build_model(self.kind, self.config)
-        load_weights(model, self.state_dict, source=self.meta.get("path", f"{self.kind} checkpoint"))
+        source = self.meta.get("path", f"{self.kind} checkpoint")
+        try:
+            model = build_model(self.kind, self.config)
+        except (TypeError, ValueError, RuntimeError) as err:  # a config no model of this dust takes
+            raise WeightsError(f"{source}: its model config does not build ({str(err).splitlines()[0]})") from None
+        load_weights(model, self.state_dict, source=source)
         return model.eval()
 
 
@@ -92,8 +96,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, preset: str | None = 
         "meta": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:  # open() raises OSError, which names the path
+        torch.save(payload, stream)
     return path
 
 
@@ -127,6 +131,11 @@ def load_checkpoint(path: str | Path, *, expect: ModelKind | None = None) -> Che
             f"{path}: checkpoint format {raw.get('format_version')} written by dust {raw.get('dust_version')}; "
             f"this dust {__version__} reads format {FORMAT_VERSION}"
         )
+    missing = [key for key in ("kind", "config", "state_dict") if key not in raw]
+    if missing:
+        raise WeightsError(f"{path}: a damaged DuST checkpoint (no {', '.join(missing)})")
+    if not isinstance(raw["config"], dict) or not isinstance(raw["state_dict"], dict):
+        raise WeightsError(f"{path}: a damaged DuST checkpoint (its config or weights are not mappings)")
     if expect is not None and raw["kind"] != expect:
         raise WeightsError(f"{path}: holds a {raw['kind']} model, expected a {expect} model")
     return Checkpoint(

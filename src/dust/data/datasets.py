@@ -6,6 +6,7 @@ so memory-mapped ``.npy`` video stays on disk until a batch needs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -180,6 +181,14 @@ class SeriesAugment:
     scale: float = 0.1
     shift: float = 0.1
     crop: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("jitter", "scale"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise InputError(f"--{name} must be a finite non-negative number, got {getattr(self, name)}")
+        for name in ("shift", "crop"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"--{name} is a fraction of the length, in [0, 1]; got {getattr(self, name)}")
 
     def __call__(self, x: Tensor) -> Tensor:
         channels, full = x.shape

@@ -125,6 +125,8 @@ class PrepareSettings:
             raise InputError(f"--short_video must be one of {', '.join(SHORT_VIDEO)}, got {self.short_video!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
         if not self.time_scale > 0:
             raise InputError(f"--time_scale must be positive, got {self.time_scale}")
         for name in ("channels", "classes"):

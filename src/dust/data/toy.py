@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import ensure_writable_folder, write_json
+from ..errors import InputError
 from .arrays import ArrayWriter, save_array
 
 __all__ = ["generate_toy_data", "make_kinematics", "render_video"]
@@ -471,9 +472,11 @@ def generate_toy_data(
     )
     _validate(kind, fmt, num_classes, difficulty, sizes)
     spec = _Spec(kind, num_frames, height, width, kine_len, num_channels, num_classes, float(difficulty))
+    if not 0 <= seed < 2**32:
+        raise InputError(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
+    split_seeds = np.random.SeedSequence(seed).spawn(len(SPLITS))
     out = Path(out_dir)
     ensure_writable_folder(out)  # before minutes of generating, not after
-    split_seeds = np.random.SeedSequence(seed).spawn(len(SPLITS))
     written: dict[str, Path] = {}
     for split, n, split_seed in zip(SPLITS, (n_train, n_val), split_seeds):
         written.update(_write_split(out, split, n, spec, fmt, split_seed, progress))

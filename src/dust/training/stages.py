@@ -651,7 +651,7 @@ def extract_features(
         if target.suffix.lower() not in SUFFIXES:
             raise InputError(f"{target}: unknown feature file type {target.suffix or '(none)'!r} "
                              f"(expected one of {', '.join(SUFFIXES)})")
-        ensure_writable_folder(target.parent)
+        ensure_writable_folder(target.parent, create=False)  # made as the file is written
     for source, target, video in zip(inputs, outputs, videos, strict=True):
         write_features(model, transform, video, Path(target),
                        {"checkpoint": str(checkpoint), "preset": ckpt.preset, "video": str(source),
