@@ -470,3 +470,44 @@ def test_refused_settings_leave_no_empty_output_folder(trained, tmp_path, capsys
     assert main(["gen-data", "--outdir", str(tmp_path / "toy"), "--seed", "-1"]) == 2
     assert "--seed must be between 0 and 4294967295, got -1" in capsys.readouterr().err
     assert not (tmp_path / "toy").exists()
+
+
+def test_evaluate_checks_its_data_as_training_does(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("report_*"))
+    labels = np.load(run / "data" / "label_val.npy").astype(np.float64)
+    labels[1] = np.nan  # was dropped as if unlabelled
+    np.save(run / "data" / "label_val.npy", labels)
+    assert main(["evaluate", "--run", str(run), "--no_progress"]) == 2
+    assert "label_val.npy: labels must be whole numbers" in capsys.readouterr().err
+    np.save(run / "data" / "label_val.npy", labels.round().clip(0, 1).astype(np.int64) * 0)
+    video = np.load(run / "data" / "video_val.npy").astype(np.float32)
+    video[2, 0, 0, 0, 0] = np.nan
+    np.save(run / "data" / "video_val.npy", video)
+    assert main(["evaluate", "--run", str(run), "--no_progress"]) == 2
+    assert "video_val.npy: video row 2 holds NaN values" in capsys.readouterr().err
+
+
+def test_float64_values_float32_cannot_hold_are_refused():
+    from dust.data.datasets import check_finite
+    from dust.errors import InputError
+
+    series = np.zeros((3, 2, 5))
+    check_finite("s.npy", series, "kinematics")
+    series[1, 0, 2] = 1e39
+    with pytest.raises(InputError, match="s.npy: kinematics row 1 holds float32-overflowing"):
+        check_finite("s.npy", series, "kinematics", nan_allowed=True)
+
+
+def test_a_stage_refuses_an_outpath_holding_another_stages_run(trained, tmp_path, capsys):
+    import shutil
+
+    video_run = tmp_path / "step_3d"
+    shutil.copytree(trained / "saved_models" / "step_3d", video_run)
+    before = (video_run / "best.pth").read_bytes()
+    flags = [str(trained / f) if f.startswith("data/") else f for f in _data_flags("ts")]
+    assert main(["train-ts", *TS, *flags, "--outpath", str(video_run), "--logpath", str(tmp_path / "logs")]) == 2
+    assert "holds another stage's run (final_3d.pth)" in capsys.readouterr().err
+    assert (video_run / "best.pth").read_bytes() == before

@@ -258,9 +258,13 @@ def check_finite(name: str, array: np.ndarray, what: str, *, nan_allowed: bool =
     for start in range(0, len(array), rows):
         block = np.asarray(array[start:start + rows]).reshape(min(rows, len(array) - start), -1)
         bad = np.isinf(block) if nan_allowed else ~np.isfinite(block)
+        if block.dtype.itemsize > 4:  # float64 beyond float32's range would turn infinite as the model reads it
+            bad |= np.abs(block) > np.finfo(np.float32).max
         if bad.any():
             row = int(np.argmax(bad.any(axis=1)))
-            kind = "NaN" if np.isnan(block[row]).any() and not nan_allowed else "infinite"
+            values = block[row]
+            kind = ("NaN" if np.isnan(values).any() and not nan_allowed else
+                    "infinite" if np.isinf(values).any() else "float32-overflowing (over 3.4e38)")
             raise InputError(f"{name}: {what} row {start + row} holds {kind} values")
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..atomic import write_json
 from ..checkpoint import check_pair, load_checkpoint
 from ..data.arrays import load_array
-from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_labels
+from ..data.datasets import ArrayRows, SeriesTransform, VideoTransform, as_float32, check_finite, check_labels
 from ..errors import InputError
 from .metrics import ClassificationReport, classification_report
 
@@ -84,12 +84,13 @@ def evaluate_run(run_dir: str | Path, split: str = "val", out: str | Path | None
         if array.ndim != ndim or array.shape[1] != channels:
             raise InputError(f"{path}: shape {array.shape}, the run's models take "
                              f"{'clips (N, 3, T, H, W)' if ndim == 5 else f'series (N, {channels}, L)'}")
+        check_finite(str(path), array, "video" if ndim == 5 else "kinematics", nan_allowed=ndim == 3)
     histories = _histories(run_dir)  # read before anything is written
     class_names = ckpts["fusion"].meta.get("class_names") or [str(i) for i in range(ckpts["fusion"].config["num_classes"])]
     raw_labels = np.asarray(load_array(files["label"]))
     if not len(video) == len(kine) == len(raw_labels):
         raise InputError(f"{split} split: {len(video)} clips, {len(kine)} series and {len(raw_labels)} labels")
-    labelled = raw_labels >= 0  # dust prepare marks unlabelled clips -1
+    labelled = raw_labels != -1  # dust prepare marks unlabelled clips -1; any other value is checked
     if not labelled.any():
         raise InputError(f"{files['label']}: no labelled clips to evaluate")
     labels = check_labels(str(files["label"]), raw_labels[labelled], len(class_names))

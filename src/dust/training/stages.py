@@ -271,6 +271,10 @@ def _resumes_if_any(settings: TrainSettings) -> bool:
     return settings.resume_from is not None and str(settings.resume_from) == RESUME_AUTO
 
 
+FINAL_NAMES = ("final_3d.pth", "final_1d.pth", "final_fusion.pth")
+"""What stages 1, 2 and 4 save their final model as, in their ``--outpath``."""
+
+
 def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
     """The checkpoint to resume from, if any.
 
@@ -292,6 +296,10 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
         return str(resume)
     if settings.overwrite:
         return None
+    other = next((name for name in FINAL_NAMES if name != final_name and (Path(settings.outpath) / name).exists()), None)
+    if other is not None:
+        raise InputError(f"{settings.outpath}: holds another stage's run ({other}); choose another --outpath "
+                         f"or give --overwrite")
     finished = Path(settings.outpath) / final_name
     if finished.exists():
         raise InputError(f"{settings.outpath}: holds a finished run ({final_name}); "
