@@ -261,3 +261,11 @@ def test_a_config_that_is_not_text_is_refused(tmp_path, capsys):
     config.write_bytes(b"\xff\xfe\x00garbage")
     assert main(["train-ts", "--config", str(config)]) == 2
     assert capsys.readouterr().err.strip() == f"dust: error: {config}: not a text file (a config is UTF-8 YAML)"
+
+
+def test_convert_reference_refuses_to_overwrite_its_input(tmp_path, capsys):
+    weights = tmp_path / "ts.pth"
+    weights.write_bytes(b"reference weights")
+    assert main(["convert-reference", "ts", str(tmp_path / "ts.json"), str(weights), str(weights)]) == 2
+    assert "ts.pth: is the input file" in capsys.readouterr().err
+    assert weights.read_bytes() == b"reference weights"

@@ -511,3 +511,12 @@ def test_a_stage_refuses_an_outpath_holding_another_stages_run(trained, tmp_path
     assert main(["train-ts", *TS, *flags, "--outpath", str(video_run), "--logpath", str(tmp_path / "logs")]) == 2
     assert "holds another stage's run (final_3d.pth)" in capsys.readouterr().err
     assert (video_run / "best.pth").read_bytes() == before
+
+
+def test_run_checks_every_stages_settings_before_the_first_runs(tmp_path, capsys):
+    config = tmp_path / "late.yaml"
+    config.write_text("train_fusion: {lr: -1}\n")
+    work = tmp_path / "work"
+    assert main(["run", "--config", str(config), "--workdir", str(work)]) == 2
+    assert "--lr must be a positive finite number, got -1.0" in capsys.readouterr().err
+    assert not work.exists()  # refused before gen-data wrote anything

@@ -283,6 +283,15 @@ def test_given_splits_numeric_labels_and_unlabelled_rows(tmp_path):
     assert json.loads((tmp_path / "unlabelled" / "classes.json").read_text())["classes"] == []
 
 
+def test_a_numeric_label_implying_too_many_classes_is_refused(tmp_path, capsys):
+    manifest = write_manifest(tmp_path, dataset(tmp_path, ["0", "100000"], split="train"))
+    assert prepare(manifest, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dust: error: {manifest}: label 100000 would make 100001 classes; give --classes (names in index "
+                   f"order) if that is meant")
+    assert not (tmp_path / "out").exists()
+
+
 def test_classes_flag_fixes_the_order_and_maps_numbers(tmp_path):
     rows = dataset(tmp_path, ["b", "a", "2"], split="train")
     out = tmp_path / "out"

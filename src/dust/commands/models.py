@@ -53,6 +53,8 @@ def _convert_args(parser: argparse.ArgumentParser) -> None:
 
 @register("convert-reference", "Convert a checkpoint of the published DuST code to a DuST checkpoint")(_convert_args)
 def convert_reference(args: argparse.Namespace) -> None:
+    if Path(args.out).resolve() == Path(args.weights).resolve():
+        raise InputError(f"{args.out}: is the input file; write the DuST checkpoint elsewhere")
     try:
         config = json.loads(Path(args.config_json).read_text())
     except OSError as err:

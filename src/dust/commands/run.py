@@ -12,7 +12,7 @@ from typing import Any
 from ..atomic import ensure_writable_folder, write_json
 from ..cli import PARSERS, add_flag, apply_config, config_section, read_config, register
 from ..errors import InputError
-from ..training.stages import StageResult, check_outpath
+from ..training.stages import StageResult, check_outpath, check_settings
 from .stages import train_settings
 
 STAGES = ["gen-data", "train-video", "train-ts", "extract-features", "train-fusion"]
@@ -203,9 +203,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError("--ensemble: stage 4 starts from one time-series model; run `dust train-ts --ensemble` "
                          "on its own for an ensemble")
 
-    for name, final_name in FINAL_NAMES.items():  # before gen-data rewrites the data a finished run learned from
-        if name in parsed:
-            check_outpath(train_settings(parsed[name][0]), final_name)
+    for name, final_name in FINAL_NAMES.items():  # before any stage runs (gen-data would rewrite the data of a
+        if name in parsed:                          # finished run in the workdir)
+            settings = train_settings(parsed[name][0])
+            check_settings(settings)
+            check_outpath(settings, final_name)
     # Without gen-data the run goes on from an earlier one in the workdir, on the same data: its
     # record keeps the stages not run again, and data flags left at their defaults read its files.
     earlier = {} if "gen-data" in stages else _earlier_run(workdir)

@@ -88,6 +88,8 @@ SKIPPED_COLUMNS = ("manifest_row", "id", "video", "kinematics", "problem")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "test": "test", "testing": "test"}
 _INDEX_LABEL = re.compile(r"\d+")
+MAX_INDEX_CLASSES = 10_000
+"""Beyond this many classes, numeric labels (class indices) are taken for a mistake in the manifest."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -308,6 +310,9 @@ def _class_list(rows: list[ManifestRow], classes: tuple[str, ...] | None) -> tup
         return names, index
     if labels and all(_INDEX_LABEL.fullmatch(label) for label in labels):
         top = max(int(label) for label in labels)
+        if top >= MAX_INDEX_CLASSES:
+            raise InputError(f"label {top} would make {top + 1} classes; give --classes (names in index order) "
+                             f"if that is meant")
         return [str(i) for i in range(top + 1)], {label: int(label) for label in labels}
     return labels, {label: i for i, label in enumerate(labels)}
 
@@ -562,7 +567,10 @@ def _check_rows(manifest: str | os.PathLike[str], settings: PrepareSettings, wor
     rows, problems, ignored = read_manifest(manifest)
     if ignored:
         warn(f"{manifest}: ignoring column(s) {', '.join(ignored)} (known: {', '.join(MANIFEST_COLUMNS)})")
-    classes, class_index = _class_list(rows, settings.classes)
+    try:
+        classes, class_index = _class_list(rows, settings.classes)
+    except InputError as err:
+        raise InputError(f"{manifest}: {err}") from None
     bad = {p.row.number for p in problems}
     for row in rows:
         if row.label is not None and row.label not in class_index and row.number not in bad:

@@ -55,8 +55,8 @@ from .resume import RESUME_AUTO, RESUME_NAME, RandomState, check_resumable, resu
 from .task import ClassifierTask
 from .trainer import build_trainer
 
-__all__ = ["StageResult", "TrainSettings", "check_outpath", "extract_features", "train_fusion", "train_ts",
-           "train_video"]
+__all__ = ["StageResult", "TrainSettings", "check_outpath", "check_settings", "extract_features", "train_fusion",
+           "train_ts", "train_video"]
 
 log = logging.getLogger("dust")
 
@@ -203,6 +203,13 @@ def _resolve_classes(settings: TrainSettings, label_paths: Sequence[Path], label
 
 def _prepare(settings: TrainSettings) -> None:
     """Check the shared settings and seed every generator (before any model is built)."""
+    check_settings(settings)
+    _quiet_lightning()
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Refuse, as a stage does when it starts, shared settings out of range (:class:`InputError`)."""
     for name in ("batch_size", "num_epochs", "print_every", "num_classes", "num_nodes", "accumulate_grad_batches"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise InputError(f"--{name} must be at least 1, got {getattr(settings, name)}")
@@ -219,8 +226,6 @@ def _prepare(settings: TrainSettings) -> None:
         raise InputError(f"--seed must be between 0 and {2**32 - 1}, got {settings.seed}")
     if settings.schedule not in ("constant", "cosine"):
         raise InputError(f"--schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
-    _quiet_lightning()
-    L.seed_everything(settings.seed, workers=True, verbose=False)
 
 
 def _check_sizes(**sizes: int | None) -> None:
