@@ -269,3 +269,22 @@ def test_convert_reference_refuses_to_overwrite_its_input(tmp_path, capsys):
     assert main(["convert-reference", "ts", str(tmp_path / "ts.json"), str(weights), str(weights)]) == 2
     assert "ts.pth: is the input file" in capsys.readouterr().err
     assert weights.read_bytes() == b"reference weights"
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "toy"
+    child = subprocess.Popen([sys.executable, "-m", "dust", "gen-data", "--outdir", str(out), "--n_train", "400",
+                              "--no_progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out.glob(".*.tmp")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the first temporary file is being written
+    assert child.poll() is None, "gen-data ended before it could be stopped"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM and err.strip().endswith("dust: terminated")
+    assert not [p.name for p in out.glob(".*")]  # no hidden temporary file left behind
