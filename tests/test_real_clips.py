@@ -55,6 +55,23 @@ def test_run_on_prepared_clips_trains_at_their_size(finished):
     assert series.config["seq_len"] == 19 and series.config["in_chans"] == 3  # not the seed's 51
 
 
+def test_a_run_going_on_without_prepared_keeps_its_data_and_sizes(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    config = finished / "tiny.yaml"
+    assert main(["run", "--workdir", str(run), "--config", str(config), "--stages", "train-ts", "--overwrite",
+                 *RUN]) == 0
+    from dust.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "saved_models" / "step_1d" / "final_1d.pth").config["seq_len"] == 19
+    record = json.loads((run / "run.json").read_text())
+    assert record["prepared"] == str((finished / "prepared").resolve()) and set(record["data"]) == {"train", "val",
+                                                                                                      "test"}
+    assert record["data"]["train"]["kine"] == str((finished / "prepared" / "kine_train.npy").resolve())
+
+
 def test_evaluate_on_the_test_split(finished, capsys):
     out = finished / "report"
     assert main(["evaluate", "--run", str(finished / "run"), "--split", "test", "--out", str(out),

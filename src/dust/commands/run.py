@@ -105,7 +105,7 @@ def _earlier_run(workdir: Path) -> dict[str, dict[str, Any]]:
             content = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(f"{path}: not a JSON file; remove it or choose another --workdir") from None
-        if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
+        if not isinstance(content, dict) or not all(isinstance(v, dict) for k, v in content.items() if k != "prepared"):
             raise InputError(f"{path}: not what `dust run` writes (a mapping of mappings); remove it or choose "
                              f"another --workdir")
         earlier[key] = content
@@ -113,12 +113,12 @@ def _earlier_run(workdir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _use_earlier_data(args: argparse.Namespace, data: Mapping[str, Any]) -> None:
-    """Point data flags left at their default, naming no file, at the files an earlier run in the workdir used."""
+    """Point data flags left at their defaults at the files the earlier run in the workdir used."""
     for dest, (split, kind) in DATA_FLAGS.items():
         value, recorded = getattr(args, dest, None), data.get(split, {}).get(kind)
         if value is None or not isinstance(recorded, str):
             continue
-        if value == args._default_data.get(dest) and not Path(value).exists():
+        if value == args._default_data.get(dest):
             setattr(args, dest, recorded)
 
 
@@ -130,8 +130,8 @@ def _use_prepared(args: argparse.Namespace, prepared: Path) -> None:
 
 
 def _data_record(stages: Mapping[str, Mapping[str, Any]], prepared: Path | None,
-                 earlier_test: dict[str, str] | None) -> dict[str, dict[str, str]]:
-    """Which files each split used, for ``dust evaluate``, from the stages' settings."""
+                 earlier: Mapping[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Which files each split used, for ``dust evaluate``: those of the stages run now, over the earlier record's."""
     data: dict[str, dict[str, str]] = {}
     for split in ("train", "val"):
         files = {}
@@ -140,11 +140,11 @@ def _data_record(stages: Mapping[str, Mapping[str, Any]], prepared: Path | None,
                 path = stages.get(stage, {}).get(f"path_{kind}_{split}")
                 if isinstance(path, str):
                     files[kind] = path
-        data[split] = {k: str(Path(v).resolve()) for k, v in files.items()}
+        data[split] = {**earlier.get(split, {}), **{k: str(Path(v).resolve()) for k, v in files.items()}}
     if prepared is not None and (prepared / "video_test.npy").is_file():
         data["test"] = {k: str((prepared / f"{k}_test.npy").resolve()) for k in ("video", "kine", "label")}
-    elif prepared is None and earlier_test:
-        data["test"] = earlier_test
+    elif "test" in earlier:
+        data["test"] = earlier["test"]
     return data
 
 
@@ -180,7 +180,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError(f"--stages: unknown stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
     if args.config:
         _check_config(args.config)
-    prepared = Path(args.prepared) if args.prepared else None
+    workdir = Path(args.workdir)
+    ensure_writable_folder(workdir, create=False)  # the stages make it as they write: a run failing first leaves nothing
+    # Without gen-data the run goes on from an earlier one in the workdir, on the same data: its
+    # record keeps the stages not run again, and data flags left at their defaults read its files.
+    earlier = {} if "gen-data" in stages else _earlier_run(workdir)
+    earlier_record, earlier_summary = earlier.get("record", {}), earlier.get("summary", {})
+    prepared_from = args.prepared or earlier_record.get("prepared")
+    prepared = Path(prepared_from) if isinstance(prepared_from, str) else None
     if prepared is not None:
         if not (prepared / "video_train.npy").is_file():
             raise InputError(f"{prepared}: not a `dust prepare` output (video_train.npy is missing)")
@@ -188,8 +195,6 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             raise InputError(f"{prepared}: no validation split (video_val.npy), which the training stages need; "
                              f"prepare it again with rows split=val or more clips per class")
         stages = [s for s in stages if s != "gen-data"]
-    workdir = Path(args.workdir)
-    ensure_writable_folder(workdir, create=False)  # the stages make it as they write: a run failing first leaves nothing
     parsed = {name: _stage_args(name, args.config, args.extra, workdir, prepared is not None) for name in stages}
     unknown = set.intersection(*(u for _, u in parsed.values())) if parsed else set()
     if unknown:
@@ -208,10 +213,6 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             settings = train_settings(parsed[name][0])
             check_settings(settings)
             check_outpath(settings, final_name)
-    # Without gen-data the run goes on from an earlier one in the workdir, on the same data: its
-    # record keeps the stages not run again, and data flags left at their defaults read its files.
-    earlier = {} if "gen-data" in stages else _earlier_run(workdir)
-    earlier_record, earlier_summary = earlier.get("record", {}), earlier.get("summary", {})
     start = time.perf_counter()
     done: dict[str, Any] = {}
     ran: dict[str, argparse.Namespace] = {}
@@ -229,13 +230,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         if isinstance(done[name], StageResult):
             summary[SUMMARY_KEYS[name]] = done[name].summary()
     summary = {**earlier_summary, **summary}
-    settings = {**earlier_record.get("stages", {}),
-                **{name: {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "extra"}
-                   for name, a in ran.items()}}
+    settings = {name: {k: v for k, v in vars(a).items() if not k.startswith("_") and k != "extra"}
+                for name, a in ran.items()}
     print_summary(summary)
     print(f"total {time.perf_counter() - start:.1f} s; summary in {workdir / 'run_summary.json'}")
     write_json(workdir / "run_summary.json", summary)
     write_json(workdir / "run.json", {
-        "stages": settings, "data": _data_record(settings, prepared, earlier_record.get("data", {}).get("test")),
+        "stages": {**earlier_record.get("stages", {}), **settings},
+        "data": _data_record(settings, prepared, earlier_record.get("data", {})),
+        "prepared": None if prepared is None else str(prepared.resolve()),
     })
     return summary

@@ -297,6 +297,8 @@ def check_labels(path: str, labels: np.ndarray, num_classes: int | None) -> np.n
         raise InputError(f"{path}: labels must be a 1-D array, got shape {labels.shape}")
     if labels.size and not np.all(np.equal(np.mod(labels, 1), 0)):
         raise InputError(f"{path}: labels must be whole numbers")
+    if labels.size and labels.dtype.kind == "f" and np.abs(labels).max() >= 2**62:  # beyond what int64 holds
+        raise InputError(f"{path}: labels must be class indices, found {np.abs(labels).max():g}")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
         bound = "be non-negative class indices" if num_classes is None else f"lie in [0, {num_classes})"

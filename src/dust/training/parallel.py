@@ -43,4 +43,6 @@ def run_in_processes(jobs: Sequence[Callable[[], T]], workers: int, threads: int
         except BaseException:
             for future in futures:
                 future.cancel()
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # nor wait for the running ones (Ctrl-C, SIGTERM, a failed job)
             raise
