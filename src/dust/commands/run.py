@@ -12,12 +12,12 @@ from typing import Any
 from ..atomic import ensure_writable_folder, write_json
 from ..cli import PARSERS, add_flag, apply_config, config_section, read_config, register
 from ..errors import InputError
-from ..training.stages import StageResult, check_outpath, check_settings
+from ..training.stages import FINAL_NAMES, StageResult, check_outpath, check_settings
 from .stages import train_settings
 
 STAGES = ["gen-data", "train-video", "train-ts", "extract-features", "train-fusion"]
 SUMMARY_KEYS = {"train-video": "video", "train-ts": "timeseries", "train-fusion": "fusion"}
-FINAL_NAMES = {"train-video": "final_3d.pth", "train-ts": "final_1d.pth", "train-fusion": "final_fusion.pth"}
+TRAINED_KINDS = {"train-video": "video", "train-ts": "ts", "train-fusion": "fusion"}
 PATH_FLAGS = {"outdir", "outpath", "logpath", "checkpoint", "ts_checkpoint"}
 
 
@@ -208,11 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         raise InputError("--ensemble: stage 4 starts from one time-series model; run `dust train-ts --ensemble` "
                          "on its own for an ensemble")
 
-    for name, final_name in FINAL_NAMES.items():  # before any stage runs (gen-data would rewrite the data of a
-        if name in parsed:                          # finished run in the workdir)
+    for name, kind in TRAINED_KINDS.items():  # before any stage runs (gen-data would rewrite the data of a
+        if name in parsed:                      # finished run in the workdir)
             settings = train_settings(parsed[name][0])
             check_settings(settings)
-            check_outpath(settings, final_name)
+            check_outpath(settings, FINAL_NAMES[kind])
     start = time.perf_counter()
     done: dict[str, Any] = {}
     ran: dict[str, argparse.Namespace] = {}

@@ -276,8 +276,8 @@ def _resumes_if_any(settings: TrainSettings) -> bool:
     return settings.resume_from is not None and str(settings.resume_from) == RESUME_AUTO
 
 
-FINAL_NAMES = ("final_3d.pth", "final_1d.pth", "final_fusion.pth")
-"""What stages 1, 2 and 4 save their final model as, in their ``--outpath``."""
+FINAL_NAMES = {"video": "final_3d.pth", "ts": "final_1d.pth", "fusion": "final_fusion.pth"}
+"""What stages 1, 2 and 4 save their final model as, in their ``--outpath`` (the reference's names), by model kind."""
 
 
 def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
@@ -301,7 +301,8 @@ def _resume_path(settings: TrainSettings, final_name: str) -> str | None:
         return str(resume)
     if settings.overwrite:
         return None
-    other = next((name for name in FINAL_NAMES if name != final_name and (Path(settings.outpath) / name).exists()), None)
+    others = (name for name in FINAL_NAMES.values() if name != final_name)
+    other = next((name for name in others if (Path(settings.outpath) / name).exists()), None)
     if other is not None:
         raise InputError(f"{settings.outpath}: holds another stage's run ({other}); choose another --outpath "
                          f"or give --overwrite")
@@ -416,7 +417,7 @@ def train_video(
         log.warning("initialised from %s: %s", init_weights, loader(model, init_weights))
     meta = {"video_transform": transform.to_dict(), "input_dtype": str(video_train.dtype),
             "ingest": _ingest_settings(path_video_train)}
-    return _fit("step_3d", "final_3d.pth", model, ArrayRows([video_train], [transform.read], labels_train),
+    return _fit("step_3d", FINAL_NAMES["video"], model, ArrayRows([video_train], [transform.read], labels_train),
                 ArrayRows([video_val], [transform.read], labels_val), settings, model_preset, meta,
                 on_device=[transform.normalize])  # clips stay uint8 up to the device
 
@@ -514,7 +515,7 @@ def train_ts(
     train_rows = ArrayRows([train], [train_transform], labels_train)
     val_rows = ArrayRows([val], [transform], labels_val)
     if ensemble == 1 and not test_shift:
-        return _fit("step_1d", "final_1d.pth", build(), train_rows, val_rows, settings, model_preset, meta)
+        return _fit("step_1d", FINAL_NAMES["ts"], build(), train_rows, val_rows, settings, model_preset, meta)
     return _fit_ensemble(ensemble, build, train_rows, val_rows, settings, model_preset, meta, test_shift, workers)
 
 
@@ -597,7 +598,7 @@ def _fit_member(settings: TrainSettings, build: Callable[[], TimeSeriesSwin], tr
     _quiet_lightning()
     L.seed_everything(settings.seed, workers=True, verbose=False)
     model = build()
-    _fit("step_1d", "final_1d.pth", model, train, val, settings, preset, meta)
+    _fit("step_1d", FINAL_NAMES["ts"], model, train, val, settings, preset, meta)
     return model.state_dict()
 
 
@@ -753,6 +754,6 @@ def train_fusion(
         raise InputError(f"{ts_checkpoint}: {err}") from None
     meta = {"series_transform": transform.to_dict(), "ts_checkpoint": str(ts_checkpoint),
             "ingest": _ingest_settings(path_kine_train), "video_fingerprint": made_by}
-    return _fit("step_fusion", "final_fusion.pth", model,
+    return _fit("step_fusion", FINAL_NAMES["fusion"], model,
                 ArrayRows([train, feats_train], [transform, as_float32], labels_train),
                 ArrayRows([val, feats_val], [transform, as_float32], labels_val), settings, ckpt.preset, meta)
