@@ -210,9 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     for name, kind in TRAINED_KINDS.items():  # before any stage runs (gen-data would rewrite the data of a
         if name in parsed:                      # finished run in the workdir)
-            settings = train_settings(parsed[name][0])
-            check_settings(settings)
-            check_outpath(settings, FINAL_NAMES[kind])
+            shared = train_settings(parsed[name][0])
+            check_settings(shared)
+            check_outpath(shared, FINAL_NAMES[kind])
     start = time.perf_counter()
     done: dict[str, Any] = {}
     ran: dict[str, argparse.Namespace] = {}
